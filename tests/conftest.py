@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny datasets and a tiny, fast protection config."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+
+os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLASS_NAMES = ["cat", "dog", "ship", "frog"]
+
+
+def make_image_dataset(num_rows: int = 32, size: int = 16, seed: int = 0, extra_column: bool = True) -> Dataset:
+    """Random RGB images whose mean colour depends on the class, so a net can learn something."""
+    rng = np.random.default_rng(seed)
+    labels = [i % len(CLASS_NAMES) for i in range(num_rows)]
+    images = []
+    for label in labels:
+        base = rng.integers(0, 256, (size, size, 3)).astype(np.int16)
+        base[..., label % 3] = base[..., label % 3] // 2 + 128
+        images.append(PILImage.fromarray(base.clip(0, 255).astype(np.uint8), mode="RGB"))
+    columns = {"picture": images, "category": labels}
+    features = {"picture": Image(), "category": ClassLabel(names=CLASS_NAMES)}
+    if extra_column:
+        columns["caption"] = [f"row {i}" for i in range(num_rows)]
+        features["caption"] = Value("string")
+    return Dataset.from_dict(columns, features=Features(features))
+
+
+@pytest.fixture
+def tiny_dataset() -> DatasetDict:
+    return DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+
+
+# The smallest settings that still exercise every part of the pipeline: all three losses, checkpoints, resume.
+TINY_OPTIONS = dict(
+    authorized="resnet18-w4-seed0",
+    encoder="surrogate",
+    undistill_hacker="lenet-w2-seed1",
+    generator_epochs=2,
+    batch_size=8,
+    generator_channels=4,
+    generator_blocks=1,
+    surrogate_epochs=1,
+    recipe={"epochs": 2, "batch_size": 8},
+    checkpoint_every=3,
+)

@@ -1,0 +1,151 @@
+"""End to end: protect() on a tiny dataset -> release folder -> load_dataset, bound, card, determinism, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+
+import uge_hf
+from uge_hf import solver
+from uge_hf.errors import UgeError
+from uge_hf.specs import init_sha256
+
+from .conftest import TINY_OPTIONS
+
+
+def release_bytes(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    from .conftest import make_image_dataset
+    from datasets import DatasetDict
+
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+    output = tmp_path_factory.mktemp("run") / "release"
+    returned = uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    return source, output, returned
+
+
+def test_release_loads_with_same_rows_labels_and_columns(release):
+    source, output, returned = release
+    loaded = load_dataset(str(output))
+    assert set(loaded) == {"train", "test"}
+    for split in ("train", "test"):
+        assert loaded[split].num_rows == source[split].num_rows
+        assert loaded[split]["category"] == source[split]["category"]
+        assert loaded[split]["caption"] == source[split]["caption"]
+        assert loaded[split].features["category"].names == source[split].features["category"].names
+    assert returned["train"]["category"] == source["train"]["category"]
+
+
+def test_every_protected_pixel_within_bound_and_test_split_unchanged(release):
+    source, output, _ = release
+    loaded = load_dataset(str(output))
+    bound = int(np.floor(0.04 * 255))
+    changed = 0
+    for clean, protected in zip(source["train"]["picture"], loaded["train"]["picture"]):
+        a = np.asarray(clean.convert("RGB"), dtype=np.int16)
+        b = np.asarray(protected, dtype=np.int16)
+        assert protected.mode == "RGB" and a.shape == b.shape
+        assert np.abs(a - b).max() <= bound
+        changed += int((a != b).any())
+    assert changed == source["train"].num_rows  # the generator did perturb every image
+    for clean, kept in zip(source["test"]["picture"], loaded["test"]["picture"]):
+        assert np.array_equal(np.asarray(clean), np.asarray(kept))
+
+
+def test_card_records_the_authorized_init_and_its_hash(release):
+    _, output, _ = release
+    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    (net,) = uge["authorized"]
+    weights = (output / net["weights"]).read_bytes()
+    assert net["init_sha256"] == hashlib.sha256(weights).hexdigest() == init_sha256("resnet18-w4-seed0", 4)
+    assert uge["rho"] == 0.04 and uge["pixel_bound"] == 10
+    assert uge["recipe"]["epochs"] == 2 and uge["encoder"]["name"] == "surrogate"
+    assert uge["results"]["perturbation"]["train"]["linf_levels"] <= 10
+    assert set(uge["results"]["final_losses"]) == {"loss", "gm", "fd", "ud"}
+    config = json.loads((output / "uge_config.json").read_text())
+    assert uge_hf.ProtectConfig.from_dict(config).authorized == ["resnet18-w4-seed0"]
+    assert not (output / "generator.safetensors").exists()
+    assert (output / "preview.png").is_file()
+    assert not (output.parent / "release.uge-work").exists()
+
+
+def test_same_seed_gives_identical_release_bytes(release, tmp_path):
+    source, first, _ = release
+    second = tmp_path / "again"
+    uge_hf.protect(source, output_dir=second, **TINY_OPTIONS)
+    assert release_bytes(first) == release_bytes(second)
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(release, tmp_path, monkeypatch):
+    source, uninterrupted, _ = release
+    output = tmp_path / "resumed"
+    real_loss, calls = solver.uge_loss, []
+
+    def crash_after_five_steps(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "uge_loss", crash_after_five_steps)
+    with pytest.raises(KeyboardInterrupt):
+        uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    assert not output.exists()  # nothing half-released
+    work = tmp_path / "resumed.uge-work"
+    assert (work / "generator" / "step-3" / "step.json").exists()
+
+    resumed_steps = []
+    monkeypatch.setattr(solver, "uge_loss", lambda *a, **k: (resumed_steps.append(a[-1]), real_loss(*a, **k))[1])
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    assert resumed_steps[0] == 3  # started from the checkpoint, not from scratch
+    assert release_bytes(output) == release_bytes(uninterrupted)
+
+
+def test_refuses_a_non_empty_output_before_any_work(tiny_dataset, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(UgeError, match="not empty"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "taken", **TINY_OPTIONS)
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_unknown_split_and_bad_rho_are_user_errors(tiny_dataset, tmp_path):
+    with pytest.raises(UgeError, match="no split named validation"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "x", splits=["validation"], **TINY_OPTIONS)
+    with pytest.raises(UgeError, match="rho"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "x", rho=1.5, **TINY_OPTIONS)
+
+
+def test_clip_encoder_two_authorized_nets_and_released_generator(tiny_dataset, tmp_path):
+    from .tiny_clip import make_tiny_clip
+
+    clip = make_tiny_clip(tmp_path / "clip")
+    options = {**TINY_OPTIONS, "authorized": ["resnet18-w4-seed0", "lenet-w2-seed3"], "encoder": str(clip),
+               "release_generator": True, "generator_epochs": 1}
+    output = tmp_path / "release"
+    uge_hf.protect(tiny_dataset, output_dir=output, **options)
+    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    assert [n["spec"] for n in uge["authorized"]] == ["resnet18-w4-seed0", "lenet-w2-seed3"]
+    assert uge["encoder"]["name"] == str(clip)
+    for net in uge["authorized"]:
+        assert hashlib.sha256((output / net["weights"]).read_bytes()).hexdigest() == net["init_sha256"]
+    assert (output / "generator.safetensors").is_file()
+
+
+def test_perturb_respects_rho_and_pixel_range():
+    generator = solver.build_generator(uge_hf.ProtectConfig(rho=0.04, generator_channels=4, generator_blocks=1))
+    with torch.no_grad():
+        x = torch.rand(4, 3, 16, 16)
+        x_u = solver.perturb(generator, x, 0.04)
+    assert (x_u - x).abs().max() <= 0.04 + 1e-6
+    assert x_u.min() >= 0 and x_u.max() <= 1

@@ -1,0 +1,127 @@
+"""`ProtectConfig`: every knob of a protection run, shared by the Python API, the CLI and the release card.
+
+The paper's hyper-parameter tables are not available to us; where a default is our own choice the comment
+says why. A config is saved in the release (`uge_config.json` and the card's YAML) so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import UgeError
+
+AUGMENTATIONS = ("crop+flip", "none")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class Recipe:
+    """How the authorized network is trained: the protector's trajectory and the authorized user follow it.
+
+    The card tells authorized users to train with exactly this recipe from the released initial weights,
+    because L_gm matches gradients along the trajectory this recipe produces on the clean data.
+    """
+
+    epochs: int = 30  # passes over the data; 30 brings CIFAR ResNet-18 close to convergence with this schedule
+    batch_size: int = 128  # samples per SGD step
+    lr: float = 0.05  # peak learning rate of SGD
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 penalty, the CIFAR standard
+    schedule: str = "cosine"  # learning-rate schedule over all steps: "cosine" or "constant"
+    augmentation: str = "crop+flip"  # random crop (pad 1/8 of the side) + horizontal flip, or "none"
+    seed: int = 0  # data order and augmentation seed (the initialisation seed is in the model spec)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UgeError("the recipe needs epochs >= 1 and batch_size >= 1")
+        if not self.lr > 0:
+            raise UgeError(f"the recipe's learning rate must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise UgeError(f"unknown lr schedule {self.schedule!r}: use 'cosine' or 'constant'")
+        if self.augmentation not in AUGMENTATIONS:
+            raise UgeError(f"unknown augmentation {self.augmentation!r}: use one of {', '.join(AUGMENTATIONS)}")
+
+
+@dataclass
+class ProtectConfig:
+    """Everything `uge_hf.protect` needs besides the dataset. Validated on construction."""
+
+    authorized: list[str] = field(default_factory=lambda: ["resnet18-seed0"])  # ARCH[-wWIDTH]-seedN specs
+    encoder: str = "openai/clip-vit-base-patch32"  # CLIP Hub id or local path, or "surrogate"
+    encoder_revision: str | None = None  # Hub revision of the CLIP checkpoint (None: the default branch)
+    rho: float = 0.04  # L-inf bound of the perturbation on [0, 1] pixels (the paper's value)
+    seed: int = 0  # seeds the generator's init, its data order and the checkpoint sampling
+    recipe: Recipe = field(default_factory=Recipe)  # the authorized training recipe (also the trajectory's)
+    generator_epochs: int = 10  # passes over the protected split while training G
+    batch_size: int = 128  # per-process batch while training G
+    generator_lr: float = 1e-3  # Adam learning rate of G
+    generator_channels: int = 32  # base width of G
+    generator_blocks: int = 4  # residual blocks of G
+    lambda_gm: float = 1.0  # weight of L_gm (the paper fixes it at 1 and weighs the others)
+    lambda_fd: float = 1.0  # weight of L_fd
+    lambda_ud: float = 0.5  # weight of L_ud
+    triplet_margin: float = 2.0  # alpha of L_fd's triplet term (squared distance of unit vectors): 2 = until cos <= 0
+    omega: float = 0.1  # weight of the KL term inside L_ud; small so the CE keeps x_u right for the authorized net
+    undistill_hacker: str = "cnn-seed1"  # the random, fixed hacker network of L_ud
+    surrogate_epochs: int = 10  # training epochs of the surrogate encoder (encoder="surrogate" only)
+    splits: list[str] = field(default_factory=lambda: ["train"])  # splits to protect (G is trained on the first)
+    keep_other_splits: bool = True  # copy the other splits unchanged into the release
+    image_column: str | None = None  # None: the column with an Image feature
+    label_column: str | None = None  # None: the ClassLabel column (or one named like "label")
+    image_size: int | None = None  # square training resolution; None: the most common image size, unchanged
+    mixed_precision: str = "no"  # Accelerate's mixed precision for G's training: "no", "fp16" or "bf16"
+    checkpoint_every: int = 200  # G's training state is saved every this many steps (for resume)
+    release_generator: bool = False  # ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it
+    num_shards: int | None = None  # parquet shards per split; None: about 500 MB of images per shard
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recipe, dict):
+            self.recipe = Recipe(**self.recipe)
+        if isinstance(self.authorized, str):
+            self.authorized = [self.authorized]
+        if isinstance(self.splits, str):
+            self.splits = [self.splits]
+        if not self.authorized:
+            raise UgeError("give at least one authorized model spec, e.g. resnet18-seed0")
+        from .specs import ModelSpec  # parsing validates each spec with its own clear message
+
+        self.authorized = [str(ModelSpec.parse(spec)) for spec in self.authorized]
+        self.undistill_hacker = str(ModelSpec.parse(self.undistill_hacker))
+        if not (isinstance(self.rho, (int, float)) and 0 < self.rho <= 1 and math.isfinite(self.rho)):
+            raise UgeError(f"rho must be in (0, 1] (an L-inf bound on [0, 1] pixels), got {self.rho}")
+        if self.pixel_bound < 1:
+            raise UgeError(f"rho={self.rho} is below one 8-bit pixel level (1/255): the release could not differ")
+        for name in ("generator_epochs", "batch_size", "generator_channels", "checkpoint_every", "surrogate_epochs"):
+            if getattr(self, name) < 1:
+                raise UgeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lambda_gm", "lambda_fd", "lambda_ud", "triplet_margin", "omega"):
+            if getattr(self, name) < 0:
+                raise UgeError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UgeError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
+        if self.image_size is not None and self.image_size < 16:
+            raise UgeError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if not self.splits:
+            raise UgeError("give at least one split to protect")
+
+    @property
+    def pixel_bound(self) -> int:
+        """The bound in 8-bit levels that every released pixel obeys: floor(rho * 255)."""
+        return math.floor(self.rho * 255 + 1e-9)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ProtectConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UgeError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,302 @@
+"""`protect()`: the pipeline from an HF dataset to a release folder, and nothing else.
+
+    data -> trajectories + encoder features (computed once, cached) -> generator training -> apply -> release
+
+Every expensive intermediate is cached in a work folder beside the output (`OUTPUT.uge-work/`), keyed by the
+config and the data, so running the same command again after a kill resumes where it stopped. The work folder
+is removed once the release is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from datasets import Dataset, DatasetDict, Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from . import __version__
+from .apply import perturbation_stats, preview_grid, protect_images
+from .card import CARD_SCHEMA_VERSION, render_card
+from .config import ProtectConfig, Recipe
+from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
+from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
+from .errors import UgeError
+from .release import check_output_dir, json_bytes, write_release
+from .solver import FeatureTargets, build_step_context, train_generator
+from .specs import ModelSpec, build_model, init_state_bytes
+from .training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
+from .trajectory import Trajectory, compute_trajectory
+
+T = TypeVar("T")
+SURROGATE_SPEC = "cnn-w32"  # the surrogate encoder's backbone: a small, fast zoo network (seed: the config's)
+
+
+def protect(
+    dataset: str | os.PathLike | Dataset | DatasetDict,
+    authorized: str | list[str] | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    config: ProtectConfig | None = None,
+    overwrite: bool = False,
+    **options,
+) -> DatasetDict | None:
+    """Protect `dataset` so that only the `authorized` network(s) learn well from it.
+
+    Args:
+        dataset: a `Dataset`, a `DatasetDict`, a local folder or a Hub id of an image-classification dataset.
+        authorized: one or more specs `ARCH[-wWIDTH]-seedN` (default `resnet18-seed0`).
+        output_dir: where to write the release folder; None returns the protected dataset without writing one.
+        config: a full `ProtectConfig`; `authorized` and `options` (any of its fields) override it.
+        overwrite: replace a non-empty `output_dir`.
+
+    Returns:
+        The protected `DatasetDict` (the main process's; other processes of a multi-process run get None).
+    """
+    values = config.to_dict() if config is not None else {}
+    values.update(options)
+    if authorized is not None:
+        values["authorized"] = authorized
+    config = ProtectConfig.from_dict(values)
+
+    output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
+    source_name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else _dataset_name(dataset)
+    splits = load_source(dataset)
+    missing = [split for split in config.splits if split not in splits]
+    if missing:
+        raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
+
+    fit_split = splits[config.splits[0]]
+    image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
+    class_names, _ = class_names_and_encoder(fit_split, label_column)
+    image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
+    clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=True)
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    work_dir = _work_dir(output, config, clean, accelerator)
+    cache = _Cache(work_dir, accelerator)
+
+    trajectories = [
+        cache.get(
+            f"trajectory-{spec}.safetensors",
+            lambda spec=spec: compute_trajectory(spec, clean.images, clean.labels, len(class_names), config.recipe, accelerator.device),
+            lambda value, path: value.save(path),
+            lambda path, spec=spec: Trajectory.load(path, spec, len(class_names)),
+        )
+        for spec in config.authorized
+    ]
+    encoder = _encoder(config, clean, cache, accelerator.device)
+    features = cache.get(
+        "features.safetensors",
+        lambda: FeatureTargets.compute(encoder, clean.images, clean.labels, class_names, accelerator.device),
+        lambda value, path: save_file(vars(value), str(path)),
+        lambda path: FeatureTargets(**load_file(str(path))),
+    )
+    ctx = build_step_context(config, trajectories, encoder, features, len(class_names), accelerator.device)
+    generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
+
+    result = None
+    if accelerator.is_main_process:
+        result, protected_clean = _apply(splits, config, generator, clean, image_column, label_column, accelerator.device)
+        if output is not None:
+            uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, log, accelerator.device)
+            files = _release_files(config, clean, generator)
+            card = render_card(uge, list(result), source_name)
+            write_release(output, result, card, files, preview_grid(clean.images, protected_clean), config.num_shards, overwrite)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    accelerator.end_training()
+    return result
+
+
+def _dataset_name(dataset: Dataset | DatasetDict) -> str:
+    first = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
+    return first.info.dataset_name or "dataset"
+
+
+def _work_dir(output: Path | None, config: ProtectConfig, clean: ClassificationTensors, accelerator) -> Path:
+    """The cache folder of this exact run: a different config or different data starts it afresh."""
+    key = hashlib.sha256(config.to_json().encode())
+    key.update(clean.images.numpy().tobytes())
+    key.update(clean.labels.numpy().tobytes())
+    run_id = key.hexdigest()[:16]
+    if output is not None:
+        work_dir = output.parent / f"{output.name}.uge-work"
+    else:
+        work_dir = Path(tempfile.gettempdir()) / f"uge-hf-{run_id}"
+    marker = work_dir / "run.json"
+    if accelerator.is_main_process:
+        if marker.exists() and json.loads(marker.read_text()).get("run_id") != run_id:
+            shutil.rmtree(work_dir)  # another run's cache: its checkpoints do not apply to this config
+        work_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"run_id": run_id, "uge_hf_version": __version__}))
+    accelerator.wait_for_everyone()
+    return work_dir
+
+
+class _Cache:
+    """Values computed once by the main process, saved atomically in the work folder, loaded by every process."""
+
+    def __init__(self, work_dir: Path, accelerator):
+        self.work_dir = work_dir
+        self.accelerator = accelerator
+
+    def get(self, name: str, compute: Callable[[], T], save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
+        path = self.work_dir / name
+        if not path.exists() and self.accelerator.is_main_process:
+            partial = path.with_name(path.name + ".partial")
+            save(compute(), partial)
+            os.replace(partial, path)
+        self.accelerator.wait_for_everyone()
+        return load(path)
+
+
+def _encoder(config: ProtectConfig, clean: ClassificationTensors, cache: _Cache, device) -> Encoder:
+    """The CLIP checkpoint named by the config, or a surrogate trained on the clean data."""
+    if config.encoder != "surrogate":
+        return load_clip_encoder(config.encoder, config.encoder_revision)
+    num_classes = len(clean.class_names)
+    spec = f"{SURROGATE_SPEC}-seed{config.seed}"
+    mean, std = torch.full((3,), INPUT_MEAN), torch.full((3,), INPUT_STD)
+
+    def fit() -> SurrogateEncoder:
+        backbone = build_model(spec, num_classes)
+        recipe = Recipe(**{**vars(config.recipe), "epochs": config.surrogate_epochs, "seed": config.seed})
+        train_classifier(backbone, clean.images, clean.labels, recipe, device, description="surrogate encoder")
+        return SurrogateEncoder.fit(backbone, clean.images, clean.labels, mean, std, num_classes=num_classes)
+
+    return cache.get(
+        "surrogate.safetensors",
+        fit,
+        lambda encoder, path: save_file({k: v.contiguous().cpu() for k, v in encoder.state_dict().items()}, str(path)),
+        lambda path: SurrogateEncoder.from_state_dict(build_model(spec, num_classes), load_file(str(path))),
+    )
+
+
+def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: ClassificationTensors,
+           image_column: str, label_column: str, device) -> tuple[DatasetDict, Tensor]:
+    """The released splits: protected ones with new images, the others copied unchanged (or dropped)."""
+    released, protected_fit = {}, None
+    for name, split in splits.items():
+        if name in config.splits:
+            tensors = clean if name == config.splits[0] else to_tensors(
+                split, image_column, label_column, clean.image_size, clean.class_names, progress=True
+            )
+            protected = protect_images(generator, tensors.images, config.rho, config.pixel_bound, device)
+            protected_fit = protected if name == config.splits[0] else protected_fit
+            released[name] = _replace_images(split, image_column, protected)
+        elif config.keep_other_splits:
+            released[name] = split
+    return DatasetDict(released), protected_fit
+
+
+def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Dataset:
+    """`split` with its image column replaced by `images` (PNG, lossless); every other column untouched."""
+    features = split.features.copy()
+    features[image_column] = Image()
+
+    def replace(batch: dict, indices: list[int]) -> dict:
+        batch[image_column] = to_pil_images(images[indices])
+        return batch
+
+    fingerprint = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:32]
+    return split.cast_column(image_column, Image(decode=False)).map(
+        replace, batched=True, with_indices=True, features=features, new_fingerprint=fingerprint,
+        load_from_cache_file=False, desc=f"writing protected {image_column}",
+    )
+
+
+def _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected, log, device) -> dict:
+    """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
+    authorized = []
+    for spec_text, trajectory in zip(config.authorized, trajectories):
+        spec = ModelSpec.parse(spec_text)
+        weights = init_state_bytes(build_model(spec, len(clean.class_names)))
+        authorized.append({
+            "spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
+            "num_classes": len(clean.class_names), "init_sha256": hashlib.sha256(weights).hexdigest(),
+            "weights": f"authorized/{spec_text}.safetensors",
+        })
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "uge_hf_version": __version__,
+        "authorized": authorized,
+        "recipe": vars(config.recipe),
+        "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
+        "rho": config.rho,
+        "pixel_bound": config.pixel_bound,
+        "encoder": {"name": encoder.name if config.encoder != "surrogate" else "surrogate",
+                    "revision": encoder.revision},
+        "loss_weights": {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud,
+                         "triplet_margin": config.triplet_margin, "omega": config.omega,
+                         "undistill_hacker": config.undistill_hacker},
+        "seed": config.seed,
+        "protected_splits": list(config.splits),
+        "columns": {"image": image_column, "label": label_column},
+        "class_names": list(clean.class_names),
+        "generator_released": config.release_generator,
+        "results": _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, image_column, label_column, device),
+        "config": config.to_dict(),
+    }
+
+
+def _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, image_column, label_column, device) -> dict:
+    """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
+    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
+    test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
+    nets = []
+    for trajectory in trajectories:
+        model = trajectory.model()
+        nets.append({
+            "spec": trajectory.spec,
+            "clean_train_accuracy": round(accuracy(model, clean.images, clean.labels, device), 4),
+            "clean_test_accuracy": round(accuracy(model, test.images, test.labels, device), 4) if test else None,
+            "protected_train_accuracy": round(accuracy(model, protected, clean.labels, device), 4),
+        })
+    with torch.no_grad():
+        cosines = [
+            torch.nn.functional.cosine_similarity(
+                encoder.encode_images(chunk.to(device).float() / 255).float().cpu(), ctx.features.clean[i : i + 256]
+            )
+            for i, chunk in zip(range(0, len(protected), 256), protected.split(256))
+        ]
+    steps_per_epoch = max(1, len(log) // config.generator_epochs)
+    last_epoch = log[-steps_per_epoch:]
+    terms = [name for name in ("loss", "gm", "fd", "ud") if last_epoch and name in last_epoch[0]]
+    return {
+        "perturbation": {name: perturbation_stats(clean.images, protected) for name in config.splits[:1]},
+        "authorized": nets,
+        "test_split": test_name,
+        "feature_cosine": round(torch.cat(cosines).mean().item(), 4),
+        "final_losses": {name: round(sum(e[name] for e in last_epoch) / len(last_epoch), 4) for name in terms},
+    }
+
+
+def _release_files(config: ProtectConfig, clean: ClassificationTensors, generator) -> dict[str, bytes]:
+    files = {"uge_config.json": json_bytes(config.to_dict())}
+    for spec_text in config.authorized:
+        spec = ModelSpec.parse(spec_text)
+        weights = init_state_bytes(build_model(spec, len(clean.class_names)))
+        files[f"authorized/{spec_text}.safetensors"] = weights
+        files[f"authorized/{spec_text}.json"] = json_bytes({
+            "spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
+            "num_classes": len(clean.class_names), "init_sha256": hashlib.sha256(weights).hexdigest(),
+            "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
+            "recipe": vars(config.recipe),
+        })
+    if config.release_generator:
+        from safetensors.torch import save
+
+        files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
+    return files

@@ -1,0 +1,83 @@
+"""Writing a release folder atomically: parquet shards, card, authorized initial weights, preview, config.
+
+Layout (what `datasets.load_dataset(folder)` and the Hub read unchanged):
+
+    README.md                          dataset card with the `uge:` YAML block
+    data/{split}-0000i-of-0000n.parquet
+    authorized/{spec}.safetensors      initial weights; sha256 of this file == the card's init_sha256
+    authorized/{spec}.json             how to rebuild the network (arch, width, seed, classes, input transform)
+    preview.png                        original / amplified noise / protected
+    uge_config.json                    the ProtectConfig of the run
+    generator.safetensors              only with release_generator=True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+from datasets import DatasetDict
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+from .errors import UgeError
+
+SHARD_BYTES = 500 * 2**20
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    """Fail early, before hours of training, if the release could not be written."""
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise UgeError(f"the output {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UgeError(f"the output folder {output} is not empty: choose another or pass --overwrite")
+    return output
+
+
+def write_release(
+    output_dir: str | Path,
+    dataset: DatasetDict,
+    card: DatasetCard,
+    files: dict[str, bytes],
+    preview: Image.Image,
+    num_shards: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write everything into a staging folder beside `output_dir`, then move it into place in one rename.
+
+    `files` maps release-relative paths to their bytes (weights, configs). A run that fails midway leaves
+    no half-written release: at worst a hidden `.NAME.partial` folder that the next run replaces.
+    """
+    output = check_output_dir(output_dir, overwrite).resolve()
+    staging = output.parent / f".{output.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "data").mkdir(parents=True)
+    for split, ds in dataset.items():
+        shards = num_shards or max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
+        for index in range(shards):
+            shard = ds.shard(num_shards=shards, index=index, contiguous=True)
+            shard.to_parquet(str(staging / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+    for relative, content in files.items():
+        path = staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    preview.save(staging / "preview.png", format="PNG")
+    card.save(str(staging / "README.md"))
+
+    if output.exists():
+        retired = output.parent / f".{output.name}.old"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(output, retired)
+        os.replace(staging, output)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, output)
+    return output
+
+
+def json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

@@ -1,0 +1,183 @@
+"""Training the perturbation generator G on L = lambda_gm L_gm + lambda_fd L_fd + lambda_ud L_ud, with Accelerate.
+
+The canonical Accelerate loop (as in the diffusers training scripts): `prepare`, `backward`, `save_state` every
+`checkpoint_every` steps, and `load_state` to resume a killed run from its last complete checkpoint. All
+randomness of a step (data order, checkpoint sampling, augmentation) is a pure function of (seed, step), so a
+resumed run takes the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import ProtectConfig
+from .encoders import Encoder
+from .losses import feature_deviation_loss, gradient_matching_loss, least_similar_class, undistill_loss
+from .models import PerturbationGenerator
+from .progress import progress_bar
+from .specs import build_model
+from .training import epoch_permutation, normalize, random_crop_flip, to_unit
+from .trajectory import Trajectory
+
+LOSS_TERMS = ("gm", "fd", "ud")
+
+
+def build_generator(config: ProtectConfig) -> PerturbationGenerator:
+    """G's initialisation depends on the config's seed only (CPU RNG, caller's RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return PerturbationGenerator(config.rho, config.generator_channels, config.generator_blocks)
+
+
+def perturb(generator: nn.Module, x: Tensor, rho: float) -> Tensor:
+    """x_u = clamp(x + G(x), x - rho, x + rho) within [0, 1] (Eq. 3, with G predicting the residual)."""
+    delta = generator(x).clamp(-rho, rho)
+    return (x + delta).clamp(0, 1)
+
+
+@dataclass
+class FeatureTargets:
+    """What L_fd compares against, computed once from the clean data rather than at every step."""
+
+    clean: Tensor  # N x D encoder features of the clean images
+    class_embeddings: Tensor  # K x D encoder embeddings of the class names
+    targets: Tensor  # N: the class least similar to each clean image (the triplet's positive)
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, encoder: Encoder, images: Tensor, labels: Tensor, class_names: list[str], device) -> FeatureTargets:
+        encoder.to(device)
+        clean = torch.cat([encoder.encode_images(to_unit(chunk.to(device))).float().cpu() for chunk in images.split(256)])
+        class_embeddings = encoder.encode_classes(class_names).float().cpu()
+        return cls(clean, class_embeddings, least_similar_class(clean, class_embeddings, labels))
+
+
+@dataclass
+class StepContext:
+    """Everything a loss evaluation needs besides the batch."""
+
+    config: ProtectConfig
+    trajectories: list[Trajectory]
+    authorized_final: list[nn.Module]  # the trained authorized nets (eval mode) that L_ud keeps right on x_u
+    authorized_functional: list[nn.Module]  # one module per authorized net, run at sampled checkpoints by L_gm
+    hacker: nn.Module  # the random, fixed hacker of L_ud
+    encoder: Encoder
+    features: FeatureTargets
+    device: torch.device
+
+
+def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor, step: int) -> tuple[Tensor, dict]:
+    """The three losses on one batch (terms with weight 0 are skipped: L_gm is the expensive one)."""
+    config = ctx.config
+    rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    terms: dict[str, Tensor] = {}
+    if config.lambda_gm > 0:
+        # The authorized user trains on augmented batches, so gradients are matched on the same augmentation.
+        x_seen, x_u_seen = (x, x_u) if config.recipe.augmentation == "none" else random_crop_flip([x, x_u], rng)
+        matches = []
+        for trajectory, model in zip(ctx.trajectories, ctx.authorized_functional):
+            # theta_0 .. theta_{E-1}: the states the recipe takes SGD steps from.
+            epoch = int(torch.randint(0, len(trajectory.states) - 1, (1,), generator=rng))
+            state = {name: t.to(ctx.device) for name, t in trajectory.states[epoch].items()}
+            matches.append(gradient_matching_loss(model, state, normalize(x_seen), normalize(x_u_seen), y))
+        terms["gm"] = torch.stack(matches).mean()
+    if config.lambda_fd > 0:
+        feats = ctx.features
+        protected = ctx.encoder.encode_images(x_u)
+        idx = index.cpu()
+        terms["fd"] = feature_deviation_loss(
+            feats.clean[idx].to(ctx.device),
+            protected,
+            feats.class_embeddings[y.cpu()].to(ctx.device),
+            feats.class_embeddings[feats.targets[idx]].to(ctx.device),
+            config.triplet_margin,
+        )
+    if config.lambda_ud > 0:
+        hacker_logits = ctx.hacker(normalize(x_u))
+        terms["ud"] = torch.stack(
+            [undistill_loss(net(normalize(x_u)), hacker_logits, y, config.omega) for net in ctx.authorized_final]
+        ).mean()
+    weights = {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud}
+    total = sum(weights[name] * value for name, value in terms.items())
+    return total, {name: value.item() for name, value in terms.items()}
+
+
+def _latest_checkpoint(state_dir: Path) -> tuple[int, Path] | None:
+    """The newest checkpoint whose save completed (its `step.json` is written last)."""
+    done = [(json.loads((d / "step.json").read_text())["step"], d) for d in state_dir.glob("step-*") if (d / "step.json").exists()]
+    return max(done) if done else None
+
+
+def train_generator(
+    accelerator, config: ProtectConfig, images: Tensor, labels: Tensor, ctx: StepContext, state_dir: Path
+) -> tuple[nn.Module, list[dict]]:
+    """Train G; returns it (unwrapped) and the per-step loss log (this process's, main's when logged)."""
+    generator = build_generator(config)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=config.generator_lr)
+    generator, optimizer = accelerator.prepare(generator, optimizer)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = len(images) // world
+    steps_per_epoch = -(-per_process // config.batch_size)
+    total_steps = config.generator_epochs * steps_per_epoch
+
+    start_step, log = 0, []
+    latest = _latest_checkpoint(state_dir)
+    if latest is not None:
+        start_step, path = latest
+        accelerator.load_state(str(path))
+        log = json.loads((path / "log.json").read_text())
+
+    generator.train()
+    with progress_bar("generator", total=total_steps) as advance:
+        for _ in range(start_step):
+            advance()
+        for step in range(start_step, total_steps):
+            epoch, position = divmod(step, steps_per_epoch)
+            mine = epoch_permutation(len(images), config.seed, epoch)[rank::world][:per_process]
+            index = mine[position * config.batch_size : (position + 1) * config.batch_size]
+            x = to_unit(images[index].to(accelerator.device))
+            y = labels[index].to(accelerator.device)
+            with accelerator.autocast():
+                x_u = perturb(generator, x, config.rho)
+                loss, terms = uge_loss(ctx, x, x_u, y, index, step)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            log.append({"step": step + 1, "loss": loss.item(), **terms})
+            advance(loss=loss.item(), **terms)
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+                _save_checkpoint(accelerator, state_dir, step + 1, log)
+    return accelerator.unwrap_model(generator), log
+
+
+def _save_checkpoint(accelerator, state_dir: Path, step: int, log: list[dict]) -> None:
+    path = state_dir / f"step-{step}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / "log.json").write_text(json.dumps(log))
+        (path / "step.json").write_text(json.dumps({"step": step}))
+        for older in state_dir.glob("step-*"):
+            if older != path:
+                shutil.rmtree(older, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def build_step_context(config: ProtectConfig, trajectories: list[Trajectory], encoder: Encoder,
+                       features: FeatureTargets, num_classes: int, device: torch.device) -> StepContext:
+    """Move the fixed networks to `device` and freeze them: only G is trained."""
+    authorized_final = [t.model().to(device).eval() for t in trajectories]
+    authorized_functional = [t.model().to(device).train() for t in trajectories]
+    hacker = build_model(config.undistill_hacker, num_classes).to(device).eval()
+    for net in (*authorized_final, hacker, encoder):
+        net.requires_grad_(False)
+    return StepContext(
+        config, trajectories, authorized_final, authorized_functional, hacker, encoder.to(device), features, device
+    )

@@ -1,0 +1,122 @@
+"""The one supervised training loop: the protector's trajectory, the surrogate encoder and evaluation all use it.
+
+Images travel as uint8 tensors and are turned into network inputs by `normalize`, the fixed input transform
+the card records, so an authorized user reproduces the protector's inputs exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Recipe
+from .progress import progress_bar
+
+# Fixed input normalisation of every classifier: (x - 0.5) / 0.25 on [0, 1] pixels. Constants rather than
+# dataset statistics, so the authorized recipe is the same for every dataset and needs no extra numbers.
+INPUT_MEAN = 0.5
+INPUT_STD = 0.25
+
+
+def normalize(images: Tensor) -> Tensor:
+    """[0, 1] images -> classifier inputs."""
+    return (images - INPUT_MEAN) / INPUT_STD
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 images -> float [0, 1]."""
+    return images.float().div_(255)
+
+
+def random_crop_flip(images: list[Tensor], generator: torch.Generator) -> list[Tensor]:
+    """The recipe's augmentation: pad 1/8 of the side with zeros, crop back at random, flip half horizontally.
+
+    Every tensor in `images` (same shape) gets the same crop and flip per sample, so a clean batch and its
+    protected twin stay aligned. Random numbers come from a CPU generator: results do not depend on the device.
+    Differentiable (pure indexing).
+    """
+    batch, _, height, width = images[0].shape
+    pad_h, pad_w = max(1, height // 8), max(1, width // 8)
+    top = torch.randint(0, 2 * pad_h + 1, (batch,), generator=generator)
+    left = torch.randint(0, 2 * pad_w + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    device = images[0].device
+    rows = (top[:, None] + torch.arange(height)[None]).to(device)
+    cols = left[:, None] + torch.arange(width)[None]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(device)
+    sample = torch.arange(batch, device=device)[:, None, None, None]
+    channel = torch.arange(images[0].shape[1], device=device)[None, :, None, None]
+    out = []
+    for x in images:
+        padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+        out.append(padded[sample, channel, rows[:, None, :, None], cols[:, None, None, :]])
+    return out
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
+    """The data order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    return math.ceil(num_samples / batch_size)
+
+
+def train_classifier(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    recipe: Recipe,
+    device: torch.device | str = "cpu",
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    description: str = "training",
+) -> nn.Module:
+    """Train `model` with `recipe` on uint8 `images` and `labels` (SGD, full batches except the last).
+
+    `on_epoch_end(epoch, model)` is called after every epoch (1-based), e.g. to keep trajectory checkpoints.
+    Deterministic on CPU for a given recipe and model initialisation.
+    """
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    num_steps = recipe.epochs * steps_per_epoch(len(images), recipe.batch_size)
+    if recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    augment_rng = torch.Generator().manual_seed(recipe.seed)
+    with progress_bar(description, total=num_steps) as advance:
+        for epoch in range(recipe.epochs):
+            order = epoch_permutation(len(images), recipe.seed, epoch)
+            for batch in order.split(recipe.batch_size):
+                x = to_unit(images[batch].to(device))
+                if recipe.augmentation == "crop+flip":
+                    (x,) = random_crop_flip([x], augment_rng)
+                loss = F.cross_entropy(model(normalize(x)), labels[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                advance(loss=loss.item())
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model)
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
+    """Logits of `model` (eval mode) on uint8 `images`, on the CPU."""
+    model.to(device).eval()
+    outputs = [model(normalize(to_unit(chunk.to(device)))).float().cpu() for chunk in images.split(batch_size)]
+    return torch.cat(outputs)
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return (predict_logits(model, images, device).argmax(1) == labels).float().mean().item()
