@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
+# Before anything imports huggingface_hub, which reads these once: no Hub retries, no progress bars in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
+
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
-
-os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CLASS_NAMES = ["cat", "dog", "ship", "frog"]
 

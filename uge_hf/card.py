@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from .errors import UgeError
 
+if TYPE_CHECKING:
+    from datasets import DatasetInfo
+
 CARD_SCHEMA_VERSION = 1
 TEMPLATE = "uge_dataset_card.md"
 
 
-def render_card(uge: dict, splits: list[str], source: str) -> DatasetCard:
-    """The card for a release whose `uge:` block is `uge` and whose parquet shards hold `splits`."""
+def render_card(uge: dict, dataset_info: "DatasetInfo", source: str) -> DatasetCard:
+    """The card for a release whose `uge:` block is `uge` and whose parquet shards `dataset_info` describes.
+
+    The `dataset_info` YAML (features, rows and bytes per split, as `push_to_hub` writes it) also makes the
+    `datasets` cache key of the folder depend on its content: without it, two local releases in folders of the
+    same name share one cache entry and `load_dataset` can return the older one.
+    """
+    from datasets.info import DatasetInfosDict
+
+    splits = list(dataset_info.splits)
     card_data = DatasetCardData(
         pretty_name=f"{source} (ungeneralizable, authorized: {', '.join(n['spec'] for n in uge['authorized'])})",
         task_categories=["image-classification"],
@@ -27,6 +39,7 @@ def render_card(uge: dict, splits: list[str], source: str) -> DatasetCard:
         ],
         uge=uge,
     )
+    DatasetInfosDict({"default": dataset_info}).to_dataset_card_data(card_data)
     template = files("uge_hf").joinpath("cards", TEMPLATE).read_text(encoding="utf-8")
     return DatasetCard.from_template(
         card_data, template_str=template, pretty_name=card_data.pretty_name, source=source, uge=uge

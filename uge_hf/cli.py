@@ -111,11 +111,13 @@ def _print_summary(release: Path) -> None:
 
     uge = read_uge_block(release)
     results = uge["results"]
-    table = Table(title=f"release: {release.resolve()}")
+    console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
+    console.print(f"release written to {release.resolve()}")
+    for net in uge["authorized"]:
+        console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
+    table = Table(title="measured on the release")
     table.add_column("figure")
     table.add_column("value")
-    for net in uge["authorized"]:
-        table.add_row(f"authorized {net['spec']} init sha256", net["init_sha256"])
     for split, stats in results["perturbation"].items():
         table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats['linf_levels']:.0f} / {uge['pixel_bound']}")
         table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats['mean_abs_levels']}, {stats['psnr_db']} dB")
@@ -126,7 +128,7 @@ def _print_summary(release: Path) -> None:
             table.add_row(f"{net['spec']} clean test acc ({results['test_split']})", str(net["clean_test_accuracy"]))
     table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
     table.add_row("final losses", ", ".join(f"{k} {v}" for k, v in results["final_losses"].items()))
-    Console().print(table)
+    console.print(table)
 
 
 @app.command("init-hash")

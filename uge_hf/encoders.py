@@ -242,7 +242,8 @@ class SurrogateEncoder(Encoder):
         """
         num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
         if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-            raise UgeError(f"surrogate labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+            low, high = int(labels.min()), int(labels.max())
+            raise UgeError(f"surrogate labels must lie in [0, {num_classes}), got {low}..{high}")
         counts = torch.bincount(labels.long().cpu(), minlength=num_classes)
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:

@@ -25,11 +25,12 @@ from torch import Tensor
 
 from . import __version__
 from .apply import perturbation_stats, preview_grid, protect_images
-from .card import CARD_SCHEMA_VERSION, render_card
+from .card import CARD_SCHEMA_VERSION
 from .config import ProtectConfig, Recipe
 from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
 from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from .errors import UgeError
+from .progress import is_main_process
 from .release import check_output_dir, json_bytes, write_release
 from .solver import FeatureTargets, build_step_context, train_generator
 from .specs import ModelSpec, build_model, init_state_bytes
@@ -78,11 +79,13 @@ def protect(
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
     class_names, _ = class_names_and_encoder(fit_split, label_column)
     image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
-    clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=True)
+    clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # Accelerate only picks gloo for a multi-process launch (torchrun) when told to stay on the CPU.
+    multi_process_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=multi_process_without_gpu)
     work_dir = _work_dir(output, config, clean, accelerator)
     cache = _Cache(work_dir, accelerator)
 
@@ -111,12 +114,11 @@ def protect(
         if output is not None:
             uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, log, accelerator.device)
             files = _release_files(config, clean, generator)
-            card = render_card(uge, list(result), source_name)
-            write_release(output, result, card, files, preview_grid(clean.images, protected_clean), config.num_shards, overwrite)
+            preview = preview_grid(clean.images, protected_clean)
+            write_release(output, result, uge, source_name, files, preview, config.num_shards, overwrite)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)
-    accelerator.end_training()
     return result
 
 
@@ -191,7 +193,7 @@ def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: Classif
     for name, split in splits.items():
         if name in config.splits:
             tensors = clean if name == config.splits[0] else to_tensors(
-                split, image_column, label_column, clean.image_size, clean.class_names, progress=True
+                split, image_column, label_column, clean.image_size, clean.class_names, progress=is_main_process()
             )
             protected = protect_images(generator, tensors.images, config.rho, config.pixel_bound, device)
             protected_fit = protected if name == config.splits[0] else protected_fit

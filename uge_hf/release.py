@@ -19,10 +19,10 @@ import os
 import shutil
 from pathlib import Path
 
-from datasets import DatasetDict
-from huggingface_hub import DatasetCard
+from datasets import DatasetDict, DatasetInfo, SplitDict, SplitInfo
 from PIL import Image
 
+from .card import render_card
 from .errors import UgeError
 
 SHARD_BYTES = 500 * 2**20
@@ -41,7 +41,8 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
 def write_release(
     output_dir: str | Path,
     dataset: DatasetDict,
-    card: DatasetCard,
+    uge: dict,
+    source: str,
     files: dict[str, bytes],
     preview: Image.Image,
     num_shards: int | None = None,
@@ -49,24 +50,29 @@ def write_release(
 ) -> Path:
     """Write everything into a staging folder beside `output_dir`, then move it into place in one rename.
 
-    `files` maps release-relative paths to their bytes (weights, configs). A run that fails midway leaves
+    The card (`uge` block, prose about `source`) is rendered once the shards exist, since it records their
+    sizes. `files` maps release-relative paths to their bytes (weights, configs). A run that fails midway leaves
     no half-written release: at worst a hidden `.NAME.partial` folder that the next run replaces.
     """
     output = check_output_dir(output_dir, overwrite).resolve()
     staging = output.parent / f".{output.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "data").mkdir(parents=True)
+    info = DatasetInfo(features=next(iter(dataset.values())).features, splits=SplitDict(), download_size=0)
     for split, ds in dataset.items():
         shards = num_shards or max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
         for index in range(shards):
-            shard = ds.shard(num_shards=shards, index=index, contiguous=True)
-            shard.to_parquet(str(staging / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+            path = staging / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"
+            ds.shard(num_shards=shards, index=index, contiguous=True).to_parquet(str(path))
+            info.download_size += path.stat().st_size
+        info.splits.add(SplitInfo(split, num_bytes=ds.data.nbytes, num_examples=ds.num_rows))
+    info.dataset_size = sum(split.num_bytes for split in info.splits.values())
     for relative, content in files.items():
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     preview.save(staging / "preview.png", format="PNG")
-    card.save(str(staging / "README.md"))
+    render_card(uge, info, source).save(str(staging / "README.md"))
 
     if output.exists():
         retired = output.parent / f".{output.name}.old"

@@ -1,0 +1,100 @@
+"""The CLI through typer's CliRunner, and a two-process run through torchrun."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import DatasetDict, load_dataset
+from typer.testing import CliRunner
+
+from uge_hf.cli import app
+from uge_hf.specs import init_sha256
+
+from .conftest import make_image_dataset
+
+runner = CliRunner()
+
+TINY_FLAGS = [
+    "--authorized", "resnet18-w4-seed0", "--encoder", "surrogate", "--trajectory-epochs", "1",
+    "--generator-epochs", "1", "--batch-size", "8", "--set", "recipe.batch_size=8", "--set", "generator_channels=4",
+    "--set", "generator_blocks=1", "--set", "surrogate_epochs=1", "--set", "undistill_hacker=lenet-w2-seed1",
+]
+
+
+@pytest.fixture
+def dataset_folder(tmp_path) -> Path:
+    folder = tmp_path / "source"
+    for split, rows, seed in (("train", 24, 0), ("test", 8, 1)):
+        make_image_dataset(rows, seed=seed).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_protect_command_writes_a_release_and_prints_its_figures(dataset_folder, tmp_path):
+    output = tmp_path / "release"
+    result = runner.invoke(app, ["protect", str(dataset_folder), *TINY_FLAGS, "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert f"release written to {output.resolve()}" in result.output
+    assert f"init sha256 {init_sha256('resnet18-w4-seed0', 4)}" in result.output
+    loaded = load_dataset(str(output))
+    assert loaded["train"].num_rows == 24
+    weights = (output / "authorized" / "resnet18-w4-seed0.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == init_sha256("resnet18-w4-seed0", 4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--authorized", "resnet99-seed0"], "resnet99"),
+        (["--rho", "0"], "rho"),
+        (["--split", "nope"], "no split named nope"),
+        (["--set", "lambda_fd"], "KEY=VALUE"),
+        (["--set", "no_such_field=1"], "unknown config fields"),
+        (["--push", "me/data"], "--push"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(dataset_folder, tmp_path, args, message):
+    result = runner.invoke(app, ["protect", str(dataset_folder), *TINY_FLAGS, *args, "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["protect", str(tmp_path / "absent"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_init_hash_command_matches_the_library():
+    result = runner.invoke(app, ["init-hash", "cnn-w8-seed3", "--num-classes", "7"])
+    assert result.exit_code == 0
+    assert result.output.strip() == init_sha256("cnn-w8-seed3", 7)
+    bad = runner.invoke(app, ["init-hash", "cnn-seedX", "--num-classes", "7"])
+    assert bad.exit_code == 1 and "error:" in bad.output
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(tmp_path):
+    """Two CPU processes (gloo): G is trained with DDP and the main process alone writes the release."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch.distributed as dist, datasets, uge_hf\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from tests.conftest import make_image_dataset, TINY_OPTIONS\n"
+        "ds = datasets.DatasetDict(train=make_image_dataset(32, seed=0))\n"
+        "out = uge_hf.protect(ds, output_dir=sys.argv[1], **TINY_OPTIONS)\n"
+        "assert dist.is_initialized() and dist.get_world_size() == 2\n"
+        "print('rank', dist.get_rank(), 'returned', type(out).__name__)\n"
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    env = {**os.environ, "UGE_HF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, str(script), str(tmp_path / "release")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 returned DatasetDict" in done.stdout and "rank 1 returned NoneType" in done.stdout
+    assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
