@@ -149,3 +149,42 @@ def test_perturb_respects_rho_and_pixel_range():
         x_u = solver.perturb(generator, x, 0.04)
     assert (x_u - x).abs().max() <= 0.04 + 1e-6
     assert x_u.min() >= 0 and x_u.max() <= 1
+
+
+@pytest.mark.parametrize("solver", ["per-sample", "hybrid"])
+def test_per_sample_and_hybrid_solvers_release_within_bound(tiny_dataset, tmp_path, solver):
+    output = tmp_path / solver
+    uge_hf.protect(tiny_dataset, output_dir=output, solver=solver, per_sample_steps=2, **TINY_OPTIONS)
+    loaded = load_dataset("parquet", data_files=str(output / "data" / "train-*.parquet"), split="train")
+    for clean, protected in zip(tiny_dataset["train"]["picture"], loaded["picture"]):
+        diff = np.abs(np.asarray(clean, dtype=np.int16) - np.asarray(protected, dtype=np.int16))
+        assert 0 < diff.max() <= 10
+    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    assert uge["config"]["solver"] == solver
+
+
+def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
+    """The solver optimises what it claims to: the loss on its x_u is below the loss on x_u = x + 0."""
+    from accelerate import Accelerator
+
+    from uge_hf.config import ProtectConfig
+    from uge_hf.data import to_tensors
+
+    config = ProtectConfig(**{**TINY_OPTIONS, "per_sample_steps": 4, "lambda_gm": 0.0})
+    data = to_tensors(tiny_dataset["train"], "picture", "category", (16, 16))
+    backbone = uge_hf.build_model("cnn-w4-seed0", 4)
+    from uge_hf.encoders import SurrogateEncoder
+
+    encoder = SurrogateEncoder.fit(backbone, data.images, data.labels, torch.full((3,), 0.5), torch.full((3,), 0.25))
+    features = solver.FeatureTargets.compute(encoder, data.images, data.labels, data.class_names, "cpu")
+    from uge_hf.trajectory import compute_trajectory
+
+    trajectory = compute_trajectory("resnet18-w4-seed0", data.images, data.labels, 4, config.recipe)
+    ctx = solver.build_step_context(config, [trajectory], encoder, features, 4, torch.device("cpu"))
+    refined = solver.refine_per_sample(Accelerator(), ctx, data.images, data.labels, None, tmp_path / "ps")
+    x = data.images[:8].float() / 255
+    index = torch.arange(8)
+    before, _ = solver.uge_loss(ctx, x, x, data.labels[:8], index, 0)
+    after, _ = solver.uge_loss(ctx, x, refined[:8], data.labels[:8], index, 0)
+    assert after < before
+    assert (refined - data.images.float() / 255).abs().max() <= config.rho + 1e-6

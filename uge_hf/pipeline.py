@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import __version__
-from .apply import perturbation_stats, preview_grid, protect_images
+from .apply import perturbation_stats, preview_grid, protect_images, quantize_within_bound
 from .card import CARD_SCHEMA_VERSION
 from .config import ProtectConfig, Recipe
 from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
@@ -32,7 +32,7 @@ from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from .errors import UgeError
 from .progress import is_main_process
 from .release import check_output_dir, json_bytes, write_release
-from .solver import FeatureTargets, build_step_context, train_generator
+from .solver import FeatureTargets, build_step_context, refine_per_sample, train_generator
 from .specs import ModelSpec, build_model, init_state_bytes
 from .training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
 from .trajectory import Trajectory, compute_trajectory
@@ -106,11 +106,18 @@ def protect(
         lambda path: FeatureTargets(**load_file(str(path))),
     )
     ctx = build_step_context(config, trajectories, encoder, features, len(class_names), accelerator.device)
-    generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
+    generator, log = None, []
+    if config.solver != "per-sample":
+        generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
+    protected_clean = None
+    if config.solver != "generator":
+        start = None if generator is None else protect_images(generator, clean.images, config.rho, config.pixel_bound, accelerator.device)
+        refined = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
+        protected_clean = quantize_within_bound(clean.images, refined, config.pixel_bound)
 
     result = None
     if accelerator.is_main_process:
-        result, protected_clean = _apply(splits, config, generator, clean, image_column, label_column, accelerator.device)
+        result, protected_clean = _apply(splits, config, generator, clean, protected_clean, image_column, label_column, accelerator.device)
         if output is not None:
             uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, log, accelerator.device)
             files = _release_files(config, clean, generator)
@@ -186,17 +193,23 @@ def _encoder(config: ProtectConfig, clean: ClassificationTensors, cache: _Cache,
     )
 
 
-def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: ClassificationTensors,
+def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: ClassificationTensors, protected_fit: Tensor | None,
            image_column: str, label_column: str, device) -> tuple[DatasetDict, Tensor]:
-    """The released splits: protected ones with new images, the others copied unchanged (or dropped)."""
-    released, protected_fit = {}, None
+    """The released splits: protected ones with new images, the others copied unchanged (or dropped).
+
+    `protected_fit` is the first split already protected (per-sample / hybrid solvers); None: G protects it.
+    """
+    released = {}
     for name, split in splits.items():
         if name in config.splits:
-            tensors = clean if name == config.splits[0] else to_tensors(
-                split, image_column, label_column, clean.image_size, clean.class_names, progress=is_main_process()
-            )
-            protected = protect_images(generator, tensors.images, config.rho, config.pixel_bound, device)
-            protected_fit = protected if name == config.splits[0] else protected_fit
+            if name == config.splits[0] and protected_fit is not None:
+                protected = protected_fit
+            else:
+                tensors = clean if name == config.splits[0] else to_tensors(
+                    split, image_column, label_column, clean.image_size, clean.class_names, progress=is_main_process()
+                )
+                protected = protect_images(generator, tensors.images, config.rho, config.pixel_bound, device)
+                protected_fit = protected if name == config.splits[0] else protected_fit
             released[name] = _replace_images(split, image_column, protected)
         elif config.keep_other_splits:
             released[name] = split

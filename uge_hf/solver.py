@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ProtectConfig
@@ -181,3 +182,40 @@ def build_step_context(config: ProtectConfig, trajectories: list[Trajectory], en
     return StepContext(
         config, trajectories, authorized_final, authorized_functional, hacker, encoder.to(device), features, device
     )
+
+
+def refine_per_sample(
+    accelerator, ctx: StepContext, images: Tensor, labels: Tensor, start: Tensor | None, state_dir: Path
+) -> Tensor:
+    """Optimise each batch's x_u directly on the UGE loss: sign-gradient steps projected to the rho ball.
+
+    `start` (uint8, like `images`) is where each x_u starts: the generator's output for the hybrid solver,
+    None for the clean images. Batches are split across processes; each finished batch is saved in
+    `state_dir`, so a killed run resumes at the first unfinished one. Returns the protected images as
+    float [0, 1] on the CPU (main process: all of them).
+    """
+    config = ctx.config
+    rho, step_size = config.rho, config.per_sample_step_size or config.rho / 4
+    state_dir.mkdir(parents=True, exist_ok=True)
+    batches = list(torch.arange(len(images)).split(config.batch_size))
+    mine = range(accelerator.process_index, len(batches), accelerator.num_processes)
+    with progress_bar("per-sample", total=len(mine)) as advance:
+        for number in mine:
+            path = state_dir / f"batch-{number:06d}.safetensors"
+            if not path.exists():
+                index = batches[number]
+                x = to_unit(images[index].to(ctx.device))
+                y = labels[index].to(ctx.device)
+                base = x if start is None else to_unit(start[index].to(ctx.device))
+                delta = (base - x).clamp(-rho, rho).requires_grad_(True)
+                for step in range(config.per_sample_steps):
+                    with accelerator.autocast():
+                        loss, terms = uge_loss(ctx, x, (x + delta).clamp(0, 1), y, index, number * 1_000 + step)
+                    (grad,) = torch.autograd.grad(loss, delta)
+                    delta = (delta - step_size * grad.sign()).clamp(-rho, rho).detach().requires_grad_(True)
+                partial = path.with_name(path.name + ".partial")
+                save_file({"x_u": (x + delta).clamp(0, 1).detach().cpu()}, str(partial))
+                partial.replace(path)
+            advance()
+    accelerator.wait_for_everyone()
+    return torch.cat([load_file(str(state_dir / f"batch-{n:06d}.safetensors"))["x_u"] for n in range(len(batches))])

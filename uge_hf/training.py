@@ -75,13 +75,18 @@ def train_classifier(
     device: torch.device | str = "cpu",
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     description: str = "training",
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Train `model` with `recipe` on uint8 `images` and `labels` (SGD, full batches except the last).
 
     `on_epoch_end(epoch, model)` is called after every epoch (1-based), e.g. to keep trajectory checkpoints.
+    With a `teacher`, the loss is KL(teacher || model) on the same augmented batch instead of cross-entropy:
+    knowledge distillation, the paper's Distill attack (Eq. 10); `labels` are then unused.
     Deterministic on CPU for a given recipe and model initialisation.
     """
     model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
@@ -98,7 +103,13 @@ def train_classifier(
                 x = to_unit(images[batch].to(device))
                 if recipe.augmentation == "crop+flip":
                     (x,) = random_crop_flip([x], augment_rng)
-                loss = F.cross_entropy(model(normalize(x)), labels[batch].to(device))
+                logits = model(normalize(x))
+                if teacher is None:
+                    loss = F.cross_entropy(logits, labels[batch].to(device))
+                else:
+                    with torch.no_grad():
+                        target = F.log_softmax(teacher(normalize(x)), dim=1)
+                    loss = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

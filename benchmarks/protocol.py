@@ -1,0 +1,159 @@
+"""The evaluation protocol shared by the CPU- and GPU-scale CIFAR-10 benchmarks.
+
+protect (timed) -> evaluate the release (authorized, hackers Normal, Distill; timed) -> a same-rho uniform-noise
+baseline (authorized + CNN) -> the issue's targets checked -> results JSON + markdown with machine, versions and
+per-phase timings. Trained networks are cached in `cache_dir`: clean-data references are computed once and shared
+by every later run on the same rows and recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict, load_dataset
+
+import uge_hf
+from uge_hf.card import read_uge_block
+from uge_hf.config import ProtectConfig
+from uge_hf.evaluate import EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol
+
+
+@dataclass
+class Protocol:
+    """One benchmark scale: which rows, which networks, how long everything trains."""
+
+    name: str
+    source: str  # a local CIFAR-10 folder in the Hub's schema (img, label)
+    train_rows: int
+    test_rows: int
+    protect: dict  # ProtectConfig fields
+    hackers: list[str]  # hacker specs (Normal)
+    distill_students: list[str]
+    noise_networks: list[str] = field(default_factory=list)  # besides the authorized one, for the noise baseline
+    limits_minutes: dict = field(default_factory=dict)  # cost targets: {"protect": 20, "run": 45}
+
+
+def load_rows(protocol: Protocol) -> DatasetDict:
+    data = load_dataset(protocol.source)
+    return DatasetDict(
+        train=data["train"].select(range(protocol.train_rows)), test=data["test"].select(range(protocol.test_rows))
+    )
+
+
+def uniform_noise(images: torch.Tensor, bound: int, seed: int = 0) -> torch.Tensor:
+    """Each pixel moved by an integer uniform in [-bound, bound] levels: the same budget as the release."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randint(-bound, bound + 1, images.shape, generator=generator)
+    return (images.int() + noise).clamp(0, 255).to(torch.uint8)
+
+
+def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, timings: dict) -> list[dict]:
+    """The issue's targets, each with its measured value and whether it holds."""
+    checks = []
+    for row in rows:
+        if row.role == "authorized":
+            checks.append({"target": f"authorized {row.network}: protected >= clean - 3 points",
+                           "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
+                           "holds": row.protected >= row.clean - 0.03})
+        elif row.scheme == "Normal":
+            checks.append({"target": f"hacker {row.network} Normal: protected <= 0.6 x clean",
+                           "measured": f"{100 * row.protected:.1f} vs 0.6 x {100 * row.clean:.1f}",
+                           "holds": row.protected <= 0.6 * row.clean})
+        elif row.scheme == "Distill":
+            checks.append({"target": f"Distill {row.network}: protected <= 0.7 x clean-distilled",
+                           "measured": f"{100 * row.protected:.1f} vs 0.7 x {100 * row.clean:.1f}",
+                           "holds": row.protected <= 0.7 * row.clean})
+    for row in noise_rows:
+        checks.append({"target": f"noise baseline {row.network}: within 5 points of clean",
+                       "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
+                       "holds": abs(row.protected - row.clean) <= 0.05})
+    for phase, minutes in protocol.limits_minutes.items():
+        checks.append({"target": f"cost: {phase} <= {minutes} min", "measured": f"{timings[phase] / 60:.1f} min",
+                       "holds": timings[phase] <= 60 * minutes})
+    return checks
+
+
+def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = False) -> dict:
+    """Run the whole protocol; write `results_dir/{name}.json` and `.md`; return the JSON payload."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    release = work_dir / f"{protocol.name}-release"
+    timings: dict[str, float] = {}
+    start = time.time()
+    data = load_rows(protocol)
+    config = ProtectConfig(**protocol.protect)
+    stale = not (release / "uge_config.json").exists() or json.loads((release / "uge_config.json").read_text()) != config.to_dict()
+    if fresh or stale:
+        shutil.rmtree(release, ignore_errors=True)
+        t = time.time()
+        uge_hf.protect(data, output_dir=release, config=config)
+        timings["protect"] = time.time() - t
+    else:
+        timings["protect"] = json.loads((results_dir / f"{protocol.name}.json").read_text())["timings_s"]["protect"]
+
+    trainer = Trainer(work_dir / "trained", "cuda" if torch.cuda.is_available() else "cpu")
+    evaluate_config = EvaluateConfig(hackers=protocol.hackers, distill_students=protocol.distill_students)
+    evaluation = load_evaluation_data(release, data, evaluate_config)
+    t = time.time()
+    rows = run_protocol(evaluation, evaluate_config, trainer)
+    timings["evaluate"] = time.time() - t
+
+    t = time.time()
+    noisy = dataclasses.replace(evaluation.protected, images=uniform_noise(evaluation.clean.images, config.pixel_bound))
+    noise_config = EvaluateConfig(hackers=protocol.noise_networks, distill=False)
+    noise_rows = run_protocol(dataclasses.replace(evaluation, protected=noisy), noise_config, trainer)
+    timings["noise_baseline"] = time.time() - t
+    timings["run"] = time.time() - start
+
+    checks = check_targets(rows, noise_rows, protocol, timings)
+    payload = {
+        "protocol": dataclasses.asdict(protocol),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": {"uge_hf": uge_hf.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "release_card_results": read_uge_block(release)["results"],
+        "rows": [{**dataclasses.asdict(r), "change": r.change} for r in rows],
+        "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
+        "targets": checks,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{protocol.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (results_dir / f"{protocol.name}.md").write_text(report(payload, rows, noise_rows))
+    return payload
+
+
+def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
+    protocol = payload["protocol"]
+    lines = [
+        f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {protocol['test_rows']} test rows",
+        "",
+        f"Solver `{protocol['protect'].get('solver', 'generator')}`, authorized `{protocol['protect']['authorized']}`, "
+        f"encoder `{protocol['protect'].get('encoder')}`, rho {protocol['protect'].get('rho', 0.04)}. "
+        f"Machine: {payload['machine']['cpus']} CPUs, GPU {payload['machine']['gpu']}; torch {payload['versions']['torch']}.",
+        "",
+        "## UGE release (clean-test accuracy %, trained on clean vs on protected)",
+        "",
+        markdown_table(rows),
+        "",
+        "## Uniform-noise baseline, same rho",
+        "",
+        markdown_table(noise_rows),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | holds |",
+        "|---|---|---|",
+        *[f"| {c['target']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in payload["targets"]],
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in payload["timings_s"].items()),
+        "",
+    ]
+    return "\n".join(lines)
