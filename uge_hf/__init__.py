@@ -16,6 +16,11 @@ _EXPORTS = {
     "ModelSpec": "specs",
     "build_model": "specs",
     "init_sha256": "specs",
+    # Hub release (#4)
+    "load_authorized": "authorized",
+    "train_authorized": "authorized",
+    "verify_release": "verify",
+    "push_release": "hub",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -25,6 +30,9 @@ if TYPE_CHECKING:
     from .errors import UgeError
     from .pipeline import protect
     from .specs import ModelSpec, build_model, init_sha256
+    from .authorized import load_authorized, train_authorized  # Hub release (#4)
+    from .hub import push_release
+    from .verify import verify_release
 
 
 def __getattr__(name: str):

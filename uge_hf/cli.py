@@ -68,14 +68,25 @@ def protect(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder")] = False,
     config: Annotated[Optional[Path], typer.Option(help="A ProtectConfig JSON (e.g. a release's uge_config.json)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set lambda_fd=2 --set recipe.lr=0.1")] = None,
-    push: Annotated[Optional[str], typer.Option(help="Hub repo id to publish the release to")] = None,
+    push: Annotated[Optional[str], typer.Option(help="Hub dataset repo OWNER/NAME to publish the release to (one commit)")] = None,
+    private: Annotated[bool, typer.Option(help="With --push: create the repo private")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="With --push: the branch to commit to (created if missing)")] = None,
 ) -> None:
     """Protect DATASET so that only the authorized network(s) learn well from it; write a release folder."""
     from .config import ProtectConfig
     from .pipeline import protect as run_protect
 
+    # --- Hub release (#4): check what a push can check offline before any training ---
+    if push is None and (private or revision is not None):
+        raise UgeError("--private and --revision only apply with --push OWNER/NAME")
     if push is not None:
-        raise UgeError("--push is not available yet in this version: publish the release folder with huggingface-cli upload")
+        from .hub import check_push_ready
+
+        try:
+            check_push_ready(push)
+        except UgeError as e:
+            raise UgeError(f"--push {push}: {e}") from None
+    # --- end Hub release ---
     values = ProtectConfig().to_dict()
     if config is not None:
         if not config.is_file():
@@ -95,6 +106,12 @@ def protect(
     run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
     if _is_main_process():
         _print_summary(output)
+        if push is not None:  # Hub release (#4)
+            try:
+                _push_and_report(output, push, private=private or None, revision=revision)
+            except UgeError as e:
+                raise UgeError(f"{e} [the release itself is written to {output}: publish it with "
+                               f"`uge-hf push {output} {push}{f' --revision {revision}' if revision else ''}`]") from None
 
 
 def _is_main_process() -> bool:
@@ -129,6 +146,111 @@ def _print_summary(release: Path) -> None:
     table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
     table.add_row("final losses", ", ".join(f"{k} {v}" for k, v in results["final_losses"].items()))
     console.print(table)
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    release: Annotated[Path, typer.Argument(help="Release folder made by `uge-hf protect`")],
+    clean: Annotated[str, typer.Option(help="The clean dataset it was made from (folder or Hub id); its test split is used")],
+    hacker: Annotated[Optional[list[str]], typer.Option(help="Hacker spec; repeat (default: CNN, LeNet, MobileNetV2, ShuffleNetV2, authorized arch with another seed)")] = None,
+    distill: Annotated[bool, typer.Option(help="Run the Distill attack")] = True,
+    attack: Annotated[Optional[list[str]], typer.Option(help="jpeg10, grayscale or augment; repeatable")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the card recipe's epochs")] = None,
+    train_rows: Annotated[Optional[int], typer.Option(help="Use the first N training rows")] = None,
+    test_rows: Annotated[Optional[int], typer.Option(help="Use the first N test rows")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where results.{json,md,png} go (default: RELEASE-eval)")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Trained-network cache, shared across releases of the same data")] = None,
+    update_card: Annotated[bool, typer.Option(help="Write the results into the release card")] = False,
+) -> None:
+    """Train networks on the clean and the protected data and compare their test accuracy (the paper's Table 1)."""
+    from .evaluate import EvaluateConfig, evaluate as run_evaluate, markdown_table, update_card as write_card, write_results
+
+    config = EvaluateConfig(hackers=hacker or None, distill=distill, attacks=attack or [], epochs=epochs,
+                            train_rows=train_rows, test_rows=test_rows)
+    rows = run_evaluate(release, clean, config, cache_dir=cache_dir)
+    meta = {"release": str(release), "clean": clean, "config": {k: v for k, v in vars(config).items()}}
+    folder = write_results(rows, output or release.parent / f"{release.name}-eval", meta)
+    if update_card:
+        write_card(release, rows, meta)
+    typer.echo(markdown_table(rows))
+    typer.echo(f"results written to {folder.resolve()}")
+
+
+# --- Hub release (#4): push, verify ---------------------------------------------------------------------------
+
+
+def _push_and_report(folder: Path, repo_id: str, **options) -> None:
+    from .hub import push_release
+
+    info = push_release(folder, repo_id, **options)
+    typer.echo(f"published {folder} to {repo_id} in one commit: {info.commit_url}")
+
+
+@app.command()
+@_user_errors
+def push(
+    folder: Annotated[Path, typer.Argument(help="Release folder written by `uge-hf protect`")],
+    repo_id: Annotated[str, typer.Argument(help="Hub dataset repo OWNER/NAME (created if missing)")],
+    private: Annotated[bool, typer.Option(help="Create the repo private (an existing repo keeps its visibility)")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created from main if missing)")] = None,
+    message: Annotated[Optional[str], typer.Option(help="Commit message")] = None,
+    token: Annotated[Optional[str], typer.Option(help="Hub token with write access (default: HF_TOKEN or `hf auth login`)")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a repo whose files are not a uge-hf release")] = False,
+) -> None:
+    """Verify FOLDER, then publish it byte for byte to the dataset repo REPO_ID as one commit."""
+    _push_and_report(folder, repo_id, private=private or None, revision=revision, commit_message=message,
+                     token=token, force=force)
+
+
+@app.command()
+@_user_errors
+def verify(
+    release: Annotated[str, typer.Argument(help="Release folder or Hub dataset id")],
+    original: Annotated[Optional[str], typer.Option(help="The source dataset (folder or Hub id): also check the bound and the labels")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of RELEASE")] = None,
+) -> None:
+    """Check a release: card, authorized weights hashes, shards, images (and, with --original, bound and labels)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .verify import verify_release
+
+    checks = verify_release(release, original=original, revision=revision)
+    console = Console(soft_wrap=True, highlight=False)
+    for check in checks:
+        mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+    failed = [check for check in checks if not check.ok]
+    if failed:
+        typer.secho(f"{len(failed)} of {len(checks)} checks failed: {release} does not check out", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(checks)} checks passed[/green]")
+
+
+# --- end Hub release ------------------------------------------------------------------------------------------
+
+
+# --- Demo (#5): the browser demo ------------------------------------------------------------------------------
+
+
+@app.command()
+@_user_errors
+def demo(
+    assets: Annotated[Optional[Path], typer.Option(help="Folder with generator/ and samples/ (default: the checkout's spaces/), or a release made with release_generator=True")] = None,
+    host: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0: reachable from other machines)")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default: gradio's, 7860 or the next free one)")] = None,
+) -> None:
+    """Serve the demo page (the Hugging Face Space in spaces/): protect an image, inspect a release. Needs gradio."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .demo import launch
+
+    launch(assets, server_name=host, server_port=port)
+
+
+# --- end Demo -------------------------------------------------------------------------------------------------
 
 
 @app.command("init-hash")

@@ -1,0 +1,138 @@
+"""The authorized user's API on a tiny release: load_authorized (hash-checked) and train_authorized (the card's recipe)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import DatasetDict
+
+import uge_hf
+from uge_hf.card import read_uge_block
+from uge_hf.errors import UgeError
+from uge_hf.specs import build_model, init_state_bytes
+
+from .conftest import TINY_OPTIONS, make_image_dataset
+
+SPEC = "resnet18-w4-seed0"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+    output = tmp_path_factory.mktemp("authorized") / "cifar-uge"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    return output
+
+
+@pytest.fixture
+def folder(release, tmp_path) -> Path:
+    return Path(shutil.copytree(release, tmp_path / "cifar-uge"))
+
+
+def test_load_authorized_is_the_declared_init(release):
+    model = uge_hf.load_authorized(release)
+    expected = build_model(SPEC, 4).state_dict()
+    assert type(model).__name__ == "ResNet18" and model.training
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+    assert hashlib.sha256(init_state_bytes(model)).hexdigest() == read_uge_block(release)["authorized"][0]["init_sha256"]
+
+
+def test_load_authorized_refuses_an_edited_hash(folder):
+    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    forged = ("f" if real[0] != "f" else "e") + real[1:]
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace(real, forged))
+    with pytest.raises(UgeError, match=f"has sha256 {real}, but the card declares {forged}"):
+        uge_hf.load_authorized(folder)
+
+
+def test_load_authorized_refuses_swapped_weights(folder):
+    (folder / "authorized" / f"{SPEC}.safetensors").write_bytes(init_state_bytes(build_model("resnet18-w4-seed7", 4)))
+    with pytest.raises(UgeError, match=f"authorized/{SPEC}.safetensors has sha256 .* but the card declares"):
+        uge_hf.load_authorized(folder)
+
+
+def test_load_authorized_refuses_weights_and_card_swapped_together(folder):
+    other = init_state_bytes(build_model("resnet18-w4-seed7", 4))
+    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    (folder / "authorized" / f"{SPEC}.safetensors").write_bytes(other)
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace(real, hashlib.sha256(other).hexdigest()))
+    with pytest.raises(UgeError, match=f"is not the sha256 of that spec rebuilt here \\({real}\\)"):
+        uge_hf.load_authorized(folder)
+
+
+def test_load_authorized_user_errors(folder):
+    with pytest.raises(UgeError, match="no authorized network 2 .*0: resnet18-w4-seed0"):
+        uge_hf.load_authorized(folder, index=2)
+    (folder / "authorized" / f"{SPEC}.safetensors").unlink()
+    with pytest.raises(UgeError, match=f"no authorized/{SPEC}.safetensors"):
+        uge_hf.load_authorized(folder)
+    with pytest.raises(UgeError, match="no such release folder"):
+        uge_hf.load_authorized(folder / "absent")
+
+
+def test_a_weights_path_outside_the_release_is_refused(folder):
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace(f"weights: authorized/{SPEC}.safetensors", "weights: ../elsewhere.safetensors"))
+    with pytest.raises(UgeError, match="'../elsewhere.safetensors', which is outside the release folder"):
+        uge_hf.load_authorized(folder)
+
+
+def test_an_hf_cache_snapshot_of_symlinks_loads_and_verifies(release, tmp_path):
+    """snapshot_download's folders hold symlinks into blobs/: following them must not count as leaving the release."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abc"
+    blobs.mkdir()
+    for file in (f for f in release.rglob("*") if f.is_file()):
+        relative = file.relative_to(release)
+        blob = blobs / hashlib.sha256(str(relative).encode()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / relative).symlink_to(blob)
+    assert type(uge_hf.load_authorized(snapshot)).__name__ == "ResNet18"
+    assert all(check.ok for check in uge_hf.verify_release(snapshot))
+
+
+def test_hub_id_offline_is_one_clear_error():
+    with pytest.raises(UgeError, match="offline mode is on .* not in the local HF cache") as error:
+        uge_hf.load_authorized("me/never-downloaded-uge")
+    assert "\n" not in str(error.value)
+
+
+def test_a_hub_id_is_fetched_as_a_dataset_snapshot(release, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: calls.append((repo_id, kw)) or str(release))
+    uge_hf.load_authorized("me/cifar-uge", revision="v1")
+    _, metrics = uge_hf.train_authorized("me/cifar-uge", epochs=1)
+    assert calls == [
+        ("me/cifar-uge", {"repo_type": "dataset", "revision": "v1", "allow_patterns": ["README.md", "authorized/*"]}),
+        ("me/cifar-uge", {"repo_type": "dataset", "revision": None, "allow_patterns": None}),
+    ]
+    assert metrics["test_split"] == "test"
+
+
+def test_train_authorized_follows_the_card_and_reports_metrics(release):
+    model, metrics = uge_hf.train_authorized(release, epochs=1, device="cpu")
+    assert isinstance(model, torch.nn.Module)
+    assert metrics["spec"] == SPEC and metrics["epochs"] == 1
+    assert metrics["train_split"] == "train" and metrics["train_rows"] == 32
+    assert metrics["test_split"] == "test"
+    assert 0 <= metrics["train_accuracy"] <= 1 and 0 <= metrics["test_accuracy"] <= 1
+    trained = model.state_dict()
+    init = build_model(SPEC, 4).state_dict()
+    assert any(not torch.equal(trained[k], init[k]) for k in init if trained[k].is_floating_point())
+
+
+def test_train_authorized_with_the_recipe_is_reproducible_and_overrides_are_checked(release):
+    _, first = uge_hf.train_authorized(release, epochs=1, batch_size=16)
+    _, second = uge_hf.train_authorized(release, epochs=1, batch_size=16)
+    assert first == second  # the card's recipe seeds the data order and the augmentation
+    with pytest.raises(UgeError, match="unknown recipe fields learning_rate"):
+        uge_hf.train_authorized(release, learning_rate=0.1)

@@ -1,0 +1,265 @@
+"""A release on the Hugging Face Hub: fetch one (for authorized users, verify) and publish one (one commit).
+
+What is pushed is the local release folder byte for byte, through `HfApi.create_commit`: not `datasets`'
+`push_to_hub`, which re-encodes the shards and rewrites the card's YAML. The whole release is ONE commit, so a
+push that fails (offline, refused, connection cut) publishes nothing, and running it again completes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huggingface_hub import constants
+
+from . import __version__
+from .errors import UgeError
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
+# owner/name as the Hub spells it (its own validator also bans "--" and ".." and a leading/trailing "-" or ".").
+_REPO_ID = re.compile(r"^[\w.-]{1,96}/[\w.-]{1,96}$", flags=re.ASCII)
+# A Hub id to read from may also be a bare name (e.g. a canonical dataset); anything else must be a local path.
+_HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$", flags=re.ASCII)
+# Files of the Hub's own making that a release push neither uploads nor deletes.
+_HUB_FILES = {".gitattributes"}
+
+
+def offline() -> bool:
+    """Whether huggingface_hub is in offline mode (read now, so a patched constant counts)."""
+    is_offline = getattr(constants, "is_offline_mode", None)
+    return bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid `OWNER/NAME` dataset repo id, else a UgeError saying why."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+        raise UgeError(f"invalid Hub repo id {repo_id!r}: expected OWNER/NAME, e.g. me/cifar10-uge")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UgeError(f"invalid Hub repo id {repo_id!r}: {str(e).splitlines()[0]}") from None
+    return repo_id
+
+
+def check_push_ready(repo_id: str, token: str | None = None) -> str:
+    """The checks a push can make without the network: repo id, offline mode, a token. Returns the token.
+
+    `uge-hf protect --push` runs them before any training, so a doomed push does not wait hours to fail.
+    """
+    from huggingface_hub import get_token
+
+    check_repo_id(repo_id)
+    if offline():
+        raise UgeError(
+            f"cannot push to {repo_id}: offline mode is on (HF_HUB_OFFLINE is set); unset it, or write the release"
+            " now and publish it later with `uge-hf push FOLDER REPO_ID`"
+        )
+    token = token or get_token()
+    if not token:
+        raise UgeError(
+            f"cannot push to {repo_id}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN"
+            " to a token with write access"
+        )
+    return token
+
+
+def fetch_release(
+    repo_or_dir: str | os.PathLike, revision: str | None = None, allow_patterns: list[str] | None = None
+) -> Path:
+    """A release folder on disk: `repo_or_dir` itself if it is a local folder, else a Hub download of it.
+
+    A Hub id is fetched with `snapshot_download(repo_type="dataset")` into the usual HF cache (offline, an
+    earlier download is used); `allow_patterns` limits what is downloaded.
+    """
+    path = Path(os.path.expanduser(os.fspath(repo_or_dir)))
+    if path.exists():
+        if not path.is_dir():
+            raise UgeError(f"{path} is a file: pass the release folder (the one with README.md)")
+        if revision is not None:
+            raise UgeError(f"a revision ({revision}) applies to a Hub repo, not to the local folder {path}")
+        return path
+    text = os.fspath(repo_or_dir)
+    if isinstance(repo_or_dir, os.PathLike) or not _HUB_ID.fullmatch(text) or text.startswith("."):
+        raise UgeError(f"no such release folder: {path}")
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(text, repo_type="dataset", revision=revision, allow_patterns=allow_patterns))
+    except RevisionNotFoundError:
+        raise UgeError(f"the Hub dataset {text} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise UgeError(
+            f"'{text}' is neither a local folder nor a dataset repo on the Hub (or it is private and your token"
+            " cannot read it)"
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        why = "offline mode is on (HF_HUB_OFFLINE is set)" if offline() else "the Hub could not be reached"
+        raise UgeError(
+            f"'{text}' is not a local folder, {why}, and it is not in the local HF cache: download it where there"
+            " is a network, or pass a local release folder"
+        ) from None
+    except HfHubHTTPError as e:
+        raise UgeError(f"could not download {text} from the Hub: {_first_line(e)}") from None
+    except (ConnectionError, OSError) as e:
+        raise UgeError(f"could not download {text} from the Hub ({_first_line(e)}): check the network") from None
+
+
+def release_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Repo path -> local file of everything a push uploads: every file of the folder, hidden ones excepted."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            files[relative.as_posix()] = path
+    return files
+
+
+def push_release(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+    endpoint: str | None = None,
+) -> "CommitInfo":
+    """Publish the release `folder` to the dataset repo `repo_id` as one commit; return the commit's info.
+
+    Args:
+        folder: a release folder written by `protect` (it must pass `verify_release`, or nothing is pushed).
+        repo_id: `OWNER/NAME`; the dataset repo is created if missing (`private` applies only then).
+        revision: the branch to commit to (created from `main` if missing); None: `main`.
+        commit_message: the commit's summary (default: the uge-hf version and the authorized specs).
+        token: a token with write access (default: `HF_TOKEN` or the saved `hf auth login`).
+        force: replace a repo that holds files that are not a uge-hf release. Without it such a repo is refused.
+        endpoint: the Hub's URL (default: `HF_ENDPOINT`, else huggingface.co).
+
+    After the commit, the revision holds exactly the folder's files (plus the Hub's `.gitattributes`): the files
+    of an earlier release that this one lacks (e.g. old shards) are deleted in the same commit.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    from .card import read_uge_block
+    from .verify import verify_release
+
+    folder = Path(folder)
+    token = check_push_ready(repo_id, token)
+    if not folder.is_dir():
+        raise UgeError(f"no release folder at {folder}")
+    failed = [check for check in verify_release(folder) if not check.ok]
+    if failed:
+        raise UgeError(
+            f"refusing to publish {folder}: it fails verification ({'; '.join(map(str, failed))}); "
+            f"run `uge-hf verify {folder}` for every check"
+        )
+    uge = read_uge_block(folder)
+    local = release_files(folder)
+
+    api = HfApi(endpoint=endpoint, token=token)
+    branch = revision if revision not in (None, constants.DEFAULT_REVISION) else None
+    stage = "creating the dataset repo"
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+        stage = "listing the repo's files"
+        try:
+            remote = set(api.list_repo_files(repo_id, repo_type="dataset", revision=branch, token=token))
+            branch_exists = True
+        except RevisionNotFoundError:  # the branch will start from main: main's files are what it holds
+            remote = set(api.list_repo_files(repo_id, repo_type="dataset", token=token))
+            branch_exists = False
+        theirs = sorted(remote - _HUB_FILES)
+        is_release = "README.md" in remote and "uge_config.json" in remote
+        if theirs and not is_release and not force:
+            shown = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+            raise UgeError(
+                f"the dataset repo {repo_id} already holds files that are not a uge-hf release ({shown}):"
+                " choose another repo, or pass --force to replace them"
+            )
+        operations = [CommitOperationDelete(path_in_repo=path) for path in theirs if path not in local]
+        operations += [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file)) for path, file in local.items()]
+        if branch is not None and not branch_exists:
+            stage = f"creating the branch {branch}"
+            api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True, token=token)
+        stage = "uploading the commit"
+        specs = ", ".join(net["spec"] for net in uge["authorized"])
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or f"uge-hf {__version__} release (authorized: {specs})",
+            commit_description=f"Pushed with `uge-hf push`. rho {uge['rho']}, pixel bound {uge['pixel_bound']}/255.",
+            repo_type="dataset",
+            revision=branch,
+            token=token,
+        )
+    except UgeError:
+        raise
+    except Exception as e:  # every Hub or network failure becomes one line; the commit is all or nothing
+        raise _push_error(e, repo_id, stage, api.endpoint) from None
+
+
+def _push_error(error: Exception, repo_id: str, stage: str, endpoint: str) -> Exception:
+    """One clear line for a failed push, or the error itself if it is a bug rather than the Hub or the network."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    rerun = "nothing was published (a release is one commit): run the same command again"
+    if isinstance(error, OfflineModeIsEnabled):
+        return UgeError(f"cannot push to {repo_id}: offline mode is on (HF_HUB_OFFLINE is set); {rerun} without it")
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        status = error.response.status_code
+        if status == 401:
+            return UgeError(
+                f"the Hub refused the token while {stage} for {repo_id} (401): log in again with `hf auth login`"
+                " or set HF_TOKEN to a valid token"
+            )
+        if status == 403:
+            return UgeError(
+                f"no write permission on {repo_id} (403 while {stage}): use a token with write access to that"
+                " namespace, or push to a repo of your own"
+            )
+        if isinstance(error, RepositoryNotFoundError):
+            return UgeError(f"the dataset repo {repo_id} was not found while {stage} (404): check the name and the token")
+        return UgeError(f"the Hub answered {status} while {stage} for {repo_id} ({_first_line(error)}); {rerun}")
+    if isinstance(error, _transport_errors()):
+        if stage == "uploading the commit":
+            return UgeError(
+                f"the connection to {endpoint} was lost while uploading the commit to {repo_id} ({_first_line(error)});"
+                " the commit is all or nothing, so either nothing was published or all of it was: run the same"
+                " command again to complete it"
+            )
+        return UgeError(f"could not reach the Hub at {endpoint} while {stage} ({_first_line(error)}); {rerun}")
+    return error
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Network failures of whichever HTTP client this huggingface_hub uses (httpx2, httpx or requests)."""
+    errors: list[type[Exception]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
