@@ -57,7 +57,7 @@ def train_authorized(
     from .hub import fetch_release
     from .progress import is_main_process
     from .training import accuracy, train_classifier
-    from .verify import load_release
+    from .release import load_release
 
     folder = fetch_release(repo_or_dir, revision)
     net = _net(folder, index)
@@ -99,7 +99,7 @@ def train_authorized(
 
 
 def _has_split(folder: Path, split: str) -> bool:
-    from .verify import release_data_files
+    from .release import release_data_files
 
     return split in release_data_files(folder)
 

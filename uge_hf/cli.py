@@ -151,7 +151,7 @@ def _print_summary(release: Path) -> None:
 @app.command()
 @_user_errors
 def evaluate(
-    release: Annotated[Path, typer.Argument(help="Release folder made by `uge-hf protect`")],
+    release: Annotated[Path, typer.Argument(help="Release folder made by `uge-hf protect` (or a Hub dataset id)")],
     clean: Annotated[str, typer.Option(help="The clean dataset it was made from (folder or Hub id); its test split is used")],
     hacker: Annotated[Optional[list[str]], typer.Option(help="Hacker spec; repeat (default: CNN, LeNet, MobileNetV2, ShuffleNetV2, authorized arch with another seed)")] = None,
     distill: Annotated[bool, typer.Option(help="Run the Distill attack")] = True,
@@ -166,6 +166,8 @@ def evaluate(
     """Train networks on the clean and the protected data and compare their test accuracy (the paper's Table 1)."""
     from .evaluate import EvaluateConfig, evaluate as run_evaluate, markdown_table, update_card as write_card, write_results
 
+    if update_card and not release.is_dir():
+        raise UgeError("--update-card writes into a local release folder; evaluate a local copy to update its card")
     config = EvaluateConfig(hackers=hacker or None, distill=distill, attacks=attack or [], epochs=epochs,
                             train_rows=train_rows, test_rows=test_rows)
     rows = run_evaluate(release, clean, config, cache_dir=cache_dir)

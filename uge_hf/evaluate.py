@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from .config import Recipe
 from .data import ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
+from .release import load_release
 from .specs import ModelSpec, build_model
 from .training import accuracy, train_classifier
 
@@ -98,13 +100,15 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     """Read the release's protected split and the matching clean rows and test split of `clean_source`."""
     from .card import read_uge_block
 
-    release_dir = Path(release_dir)
+    from .hub import fetch_release
+
+    release_dir = fetch_release(release_dir)
     uge = read_uge_block(release_dir)
     split = uge["protected_splits"][0]
     image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
     size = tuple(uge["input"]["image_size"])
     names = uge["class_names"]
-    released = _release_split(release_dir, split)
+    released = load_release(release_dir, [split])[split]
     clean_splits = load_source(clean_source)
     if split not in clean_splits:
         raise UgeError(f"the clean dataset has no split {split!r} (the release protects it)")
@@ -128,16 +132,6 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
         recipe = dataclasses.replace(recipe, epochs=config.epochs)
     test = tensors(clean_splits[test_name], config.test_rows)
     return EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
-
-
-def _release_split(release_dir: Path, split: str):
-    """A split read straight from the release's parquet shards (never a stale `datasets` cache of the folder)."""
-    from datasets import load_dataset
-
-    shards = sorted(str(p) for p in (release_dir / "data").glob(f"{split}-*.parquet"))
-    if not shards:
-        raise UgeError(f"the release {release_dir} has no parquet shards for split {split!r}")
-    return load_dataset("parquet", data_files={split: shards}, split=split)
 
 
 def jpeg(images: Tensor, quality: int = 10) -> Tensor:
@@ -188,13 +182,19 @@ class Trainer:
         return model, name
 
 
-def evaluate(release_dir: str | Path, clean_source, config: EvaluateConfig | None = None,
+def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
              cache_dir: str | Path | None = None, device: torch.device | str | None = None) -> list[Row]:
-    """Train every network of `config` on the clean and the protected data; return the table's rows."""
+    """Train every network of `config` on the clean and the protected data; return the table's rows.
+
+    `release_dir` is a release folder or Hub id. Trained networks are cached in `cache_dir` (default: beside a
+    local release, else in the working directory).
+    """
     config = config or EvaluateConfig()
     data = load_evaluation_data(release_dir, clean_source, config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = Trainer(cache_dir or Path(release_dir).parent / f"{Path(release_dir).name}.eval-cache", device)
+    name = Path(os.fspath(release_dir)).name
+    default_cache = Path(release_dir).parent / f"{name}.eval-cache" if Path(release_dir).is_dir() else Path(f"{name}.eval-cache")
+    trainer = Trainer(cache_dir or default_cache, device)
     return run_protocol(data, config, trainer)
 
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from .errors import UgeError
+from .release import SHARD_NAME, release_data_files
 
 # datasets' shard naming, as `write_release` writes it: data/{split}-{index:05d}-of-{count:05d}.parquet
-_SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 _SHOWN = 5  # failing rows named per check, then a count
 
 
@@ -198,42 +197,6 @@ def release_path(folder: Path, relative: str) -> Path:
 # --- shards ---------------------------------------------------------------------------------------------------
 
 
-def release_data_files(folder: str | os.PathLike) -> dict[str, list[Path]]:
-    """Split -> its parquet shards under `data/`, in shard order (the layout `write_release` and the Hub use)."""
-    files: dict[str, list[Path]] = {}
-    data = Path(folder) / "data"
-    for path in sorted(data.glob("*.parquet")) if data.is_dir() else []:
-        match = _SHARD.match(path.name)
-        files.setdefault(match["split"] if match else path.stem, []).append(path)
-    return files
-
-
-def read_split(files: list[Path]):
-    """The rows of `files` as an in-memory `datasets.Dataset`, features from the parquet metadata; no cache."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not files:
-        raise UgeError("no parquet shards to read")
-    try:
-        tables = [pq.read_table(path) for path in files]
-        return datasets.Dataset(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise UgeError(f"cannot read the shards {', '.join(p.name for p in files)}: {e}") from None
-
-
-def load_release(folder: str | os.PathLike, splits: list[str] | None = None):
-    """The release's splits (all, or `splits`) as a `DatasetDict` read straight from its shards."""
-    import datasets
-
-    files = release_data_files(folder)
-    missing = [split for split in splits or [] if split not in files]
-    if missing:
-        raise UgeError(f"the release {folder} has no shards for split(s) {', '.join(missing)} (it has {', '.join(files) or 'none'})")
-    return datasets.DatasetDict({split: read_split(files[split]) for split in (splits or files)})
-
-
 def _check_shards(files: dict[str, list[Path]], info) -> list[Check]:
     """Per split: a complete set of shards, with the card's features and its number of rows."""
     import pyarrow.parquet as pq
@@ -249,12 +212,12 @@ def _check_shards(files: dict[str, list[Path]], info) -> list[Check]:
         if not paths:
             checks.append(Check(name, False, f"the card lists split {split} ({info.splits[split].num_examples} rows) but data/ has no shard of it"))
             continue
-        counts = {(_SHARD.match(p.name) or {"count": None})["count"] for p in paths}
+        counts = {(SHARD_NAME.match(p.name) or {"count": None})["count"] for p in paths}
         if None in counts or len(counts) != 1:
             problems.append(f"shard names do not follow {split}-0000i-of-0000n.parquet: {', '.join(p.name for p in paths)}")
         else:
             count = int(counts.pop())
-            present = {int(_SHARD.match(p.name)["index"]) for p in paths}
+            present = {int(SHARD_NAME.match(p.name)["index"]) for p in paths}
             absent = [f"data/{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count) if i not in present]
             if absent:
                 problems.append(f"missing shard(s) {', '.join(absent)}")
