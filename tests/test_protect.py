@@ -188,3 +188,13 @@ def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
     after, _ = solver.uge_loss(ctx, x, refined[:8], data.labels[:8], index, 0)
     assert after < before
     assert (refined - data.images.float() / 255).abs().max() <= config.rho + 1e-6
+
+
+def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path):
+    """A second protect() in one process may change Accelerate's precision; bf16 output still obeys the bound."""
+    options = {**TINY_OPTIONS, "generator_epochs": 1}
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "fp32", **options)
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "bf16", mixed_precision="bf16", **options)
+    uge = DatasetCard.load(tmp_path / "bf16" / "README.md").data.to_dict()["uge"]
+    assert uge["config"]["mixed_precision"] == "bf16"
+    assert uge["results"]["perturbation"]["train"]["linf_levels"] <= uge["pixel_bound"]

@@ -81,11 +81,7 @@ def protect(
     image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
-    from accelerate import Accelerator
-
-    # Accelerate only picks gloo for a multi-process launch (torchrun) when told to stay on the CPU.
-    multi_process_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=multi_process_without_gpu)
+    accelerator = _accelerator(config.mixed_precision)
     work_dir = _work_dir(output, config, clean, accelerator)
     cache = _Cache(work_dir, accelerator)
 
@@ -127,6 +123,20 @@ def protect(
     if accelerator.is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)
     return result
+
+
+def _accelerator(mixed_precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # Accelerate only picks gloo for a multi-process launch (torchrun) when told to stay on the CPU.
+    multi_process_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision:
+        # Accelerate keeps one state per process and refuses another precision; a second protect() call with
+        # another --mixed-precision replaces it (the process group, if any, is kept).
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=multi_process_without_gpu)
 
 
 def _dataset_name(dataset: Dataset | DatasetDict) -> str:
