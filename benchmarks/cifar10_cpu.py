@@ -22,7 +22,10 @@ HERE = Path(__file__).resolve().parent
 EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in about this many cosine epochs
 
 
-def cpu_protocol(source: str, solver: str) -> Protocol:
+DEFAULT_HACKERS = ["cnn-w16-seed1", "lenet-seed1", "mobilenetv2-w8-seed1", "shufflenetv2-w12-seed1", "resnet18-w16-seed1"]
+
+
+def cpu_protocol(source: str, solver: str, hackers: list[str]) -> Protocol:
     return Protocol(
         name="cifar10_cpu" if solver == "generator" else f"cifar10_cpu_{solver.replace('-', '_')}",
         source=source,
@@ -33,7 +36,7 @@ def cpu_protocol(source: str, solver: str) -> Protocol:
             recipe={"epochs": EPOCHS, "batch_size": 128}, generator_epochs=3, batch_size=128,
             generator_channels=16, generator_blocks=2, surrogate_epochs=10, per_sample_steps=5,
         ),
-        hackers=["cnn-w16-seed1", "lenet-seed1", "mobilenetv2-w8-seed1", "shufflenetv2-w12-seed1", "resnet18-w16-seed1"],
+        hackers=hackers,
         distill_students=["cnn-w16-seed1"],
         noise_networks=["cnn-w16-seed1"],
         limits_minutes={"protect": 20, "run": 45},
@@ -46,8 +49,10 @@ def main() -> None:
     parser.add_argument("--solver", default="generator", choices=["generator", "per-sample", "hybrid"])
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
     parser.add_argument("--fresh", action="store_true", help="re-run the protection even if the release is current")
+    parser.add_argument("--hacker", action="append", help="hacker spec (repeatable); default: " + " ".join(DEFAULT_HACKERS))
     args = parser.parse_args()
-    payload = run(cpu_protocol(args.source, args.solver), args.work_dir, HERE / "results", fresh=args.fresh)
+    protocol = cpu_protocol(args.source, args.solver, args.hacker or DEFAULT_HACKERS)
+    payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh)
     print((HERE / "results" / f"{payload['protocol']['name']}.md").read_text())
 
 

@@ -55,8 +55,8 @@ def uniform_noise(images: torch.Tensor, bound: int, seed: int = 0) -> torch.Tens
     return (images.int() + noise).clamp(0, 255).to(torch.uint8)
 
 
-def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, timings: dict) -> list[dict]:
-    """The issue's targets, each with its measured value and whether it holds."""
+def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, timings: dict, from_cache: int) -> list[dict]:
+    """The issue's targets, each with its measured value and whether it holds (None: not measured by this run)."""
     checks = []
     for row in rows:
         if row.role == "authorized":
@@ -76,6 +76,11 @@ def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, ti
                        "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
                        "holds": abs(row.protected - row.clean) <= 0.05})
     for phase, minutes in protocol.limits_minutes.items():
+        if phase == "run" and from_cache:
+            # Networks loaded from an earlier run's cache are not in this run's clock: no honest total to check.
+            checks.append({"target": f"cost: {phase} <= {minutes} min", "holds": None,
+                           "measured": f"not measured: {from_cache} networks came from an earlier run's cache"})
+            continue
         checks.append({"target": f"cost: {phase} <= {minutes} min", "measured": f"{timings[phase] / 60:.1f} min",
                        "holds": timings[phase] <= 60 * minutes})
     return checks
@@ -90,13 +95,14 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     data = load_rows(protocol)
     config = ProtectConfig(**protocol.protect)
     stale = not (release / "uge_config.json").exists() or json.loads((release / "uge_config.json").read_text()) != config.to_dict()
-    if fresh or stale:
+    protect_timing = work_dir / f"{protocol.name}-protect-seconds.json"
+    reused = not (fresh or stale or not protect_timing.exists())
+    if not reused:
         shutil.rmtree(release, ignore_errors=True)
         t = time.time()
         uge_hf.protect(data, output_dir=release, config=config)
-        timings["protect"] = time.time() - t
-    else:
-        timings["protect"] = json.loads((results_dir / f"{protocol.name}.json").read_text())["timings_s"]["protect"]
+        protect_timing.write_text(json.dumps(time.time() - t))
+    timings["protect"] = json.loads(protect_timing.read_text())  # a reused release keeps its own run's timing
 
     trainer = Trainer(work_dir / "trained", "cuda" if torch.cuda.is_available() else "cpu")
     evaluate_config = EvaluateConfig(hackers=protocol.hackers, distill_students=protocol.distill_students)
@@ -110,9 +116,9 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     noise_config = EvaluateConfig(hackers=protocol.noise_networks, distill=False)
     noise_rows = run_protocol(dataclasses.replace(evaluation, protected=noisy), noise_config, trainer)
     timings["noise_baseline"] = time.time() - t
-    timings["run"] = time.time() - start
+    timings["run"] = time.time() - start + (timings["protect"] if reused else 0)
 
-    checks = check_targets(rows, noise_rows, protocol, timings)
+    checks = check_targets(rows, noise_rows, protocol, timings, trainer.loaded_from_cache)
     payload = {
         "protocol": dataclasses.asdict(protocol),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
@@ -123,11 +129,15 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
         "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
         "targets": checks,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "networks_loaded_from_cache": trainer.loaded_from_cache,
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{protocol.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (results_dir / f"{protocol.name}.md").write_text(report(payload, rows, noise_rows))
     return payload
+
+
+HOLDS = {True: "yes", False: "**no**", None: "not measured"}
 
 
 def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
@@ -151,9 +161,10 @@ def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
         "",
         "| target | measured | holds |",
         "|---|---|---|",
-        *[f"| {c['target']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" for c in payload["targets"]],
+        *[f"| {c['target']} | {c['measured']} | {HOLDS[c['holds']]} |" for c in payload["targets"]],
         "",
-        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in payload["timings_s"].items()),
+        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in payload["timings_s"].items())
+        + f"; networks loaded from an earlier run's cache: {payload['networks_loaded_from_cache']}.",
         "",
     ]
     return "\n".join(lines)

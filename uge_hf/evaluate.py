@@ -160,6 +160,8 @@ class Trainer:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
+        self.trained_here: set[str] = set()
+        self.loaded_from_cache = 0  # networks trained by an earlier run (a timing of this run then covers less)
 
     def train(self, model: nn.Module, label: str, images: Tensor, labels: Tensor, recipe: Recipe,
               teacher: tuple[nn.Module, str] | None = None) -> tuple[nn.Module, str]:
@@ -173,12 +175,14 @@ class Trainer:
         path = self.cache_dir / f"{name}.safetensors"
         if path.exists():
             model.load_state_dict(load_file(str(path)))
+            self.loaded_from_cache += name not in self.trained_here
             return model.to(self.device), name
         train_classifier(model, images, labels, recipe, self.device, description=label,
                          teacher=teacher[0] if teacher else None)
         partial = path.with_name(path.name + ".partial")
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
         partial.replace(path)
+        self.trained_here.add(name)
         return model, name
 
 
