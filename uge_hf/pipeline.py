@@ -244,15 +244,10 @@ def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Datase
 
 def _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected, log, device) -> dict:
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
-    authorized = []
-    for spec_text, trajectory in zip(config.authorized, trajectories):
-        spec = ModelSpec.parse(spec_text)
-        weights = init_state_bytes(build_model(spec, len(clean.class_names)))
-        authorized.append({
-            "spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
-            "num_classes": len(clean.class_names), "init_sha256": hashlib.sha256(weights).hexdigest(),
-            "weights": f"authorized/{spec_text}.safetensors",
-        })
+    authorized = [
+        {**_authorized_entry(spec, len(clean.class_names))[0], "weights": f"authorized/{spec}.safetensors"}
+        for spec in config.authorized
+    ]
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "uge_hf_version": __version__,
@@ -308,15 +303,22 @@ def _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, 
     }
 
 
+def _authorized_entry(spec_text: str, num_classes: int) -> tuple[dict, bytes]:
+    """What the card and the weights' json declare about one authorized network, and its initial weights."""
+    spec = ModelSpec.parse(spec_text)
+    weights = init_state_bytes(build_model(spec, num_classes))
+    entry = {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
+             "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest()}
+    return entry, weights
+
+
 def _release_files(config: ProtectConfig, clean: ClassificationTensors, generator) -> dict[str, bytes]:
     files = {"uge_config.json": json_bytes(config.to_dict())}
-    for spec_text in config.authorized:
-        spec = ModelSpec.parse(spec_text)
-        weights = init_state_bytes(build_model(spec, len(clean.class_names)))
-        files[f"authorized/{spec_text}.safetensors"] = weights
-        files[f"authorized/{spec_text}.json"] = json_bytes({
-            "spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
-            "num_classes": len(clean.class_names), "init_sha256": hashlib.sha256(weights).hexdigest(),
+    for spec in config.authorized:
+        entry, weights = _authorized_entry(spec, len(clean.class_names))
+        files[f"authorized/{spec}.safetensors"] = weights
+        files[f"authorized/{spec}.json"] = json_bytes({
+            **entry,
             "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
             "recipe": vars(config.recipe),
         })
