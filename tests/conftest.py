@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
@@ -51,3 +54,20 @@ TINY_OPTIONS = dict(
     recipe={"epochs": 2, "batch_size": 8},
     checkpoint_every=3,
 )
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> Path:
+    """One tiny release made with TINY_OPTIONS, shared by the tests that only read it."""
+    import uge_hf
+
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+    output = tmp_path_factory.mktemp("shared") / "cifar-uge"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    return output
+
+
+@pytest.fixture
+def release_copy(tiny_release, tmp_path) -> Path:
+    """A private copy of the shared release, free to tamper with."""
+    return Path(shutil.copytree(tiny_release, tmp_path / "cifar-uge"))

@@ -8,29 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import DatasetDict
 
 import uge_hf
 from uge_hf.card import read_uge_block
 from uge_hf.errors import UgeError
 from uge_hf.specs import build_model, init_state_bytes
 
-from .conftest import TINY_OPTIONS, make_image_dataset
 
 SPEC = "resnet18-w4-seed0"
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("authorized") / "cifar-uge"
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
-    return output
+@pytest.fixture
+def release(tiny_release) -> Path:
+    return tiny_release
 
 
 @pytest.fixture
-def folder(release, tmp_path) -> Path:
-    return Path(shutil.copytree(release, tmp_path / "cifar-uge"))
+def folder(release_copy) -> Path:
+    return release_copy
 
 
 def test_load_authorized_is_the_declared_init(release):

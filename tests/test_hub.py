@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
-from datasets import DatasetDict, load_dataset
+from datasets import load_dataset
 from huggingface_hub import constants
 from typer.testing import CliRunner
 
@@ -215,18 +214,14 @@ def hub(monkeypatch):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("hub") / "cifar-uge"
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
-    return output
+@pytest.fixture
+def release(tiny_release) -> Path:
+    return tiny_release
 
 
 @pytest.fixture
-def folder(release, tmp_path) -> Path:
-    """A private copy of the release, free to tamper with."""
-    return Path(shutil.copytree(release, tmp_path / "cifar-uge"))
+def folder(release_copy) -> Path:
+    return release_copy
 
 
 def local_bytes(folder: Path) -> dict[str, bytes]:
