@@ -1,11 +1,15 @@
 """CPU-scale UGE protocol on CIFAR-10 (issue #3): runnable on 2 cores.
 
     python benchmarks/cifar10_cpu.py [--source ../shared/data/cifar10] [--solver generator|per-sample|hybrid]
+    python benchmarks/cifar10_cpu.py --ablation unlearn|undistill|without-ud [--solver ...]
 
 First 10,000 train rows and first 2,000 test rows; authorized resnet18-w16-seed0; surrogate encoder; rho 0.04;
 hackers Normal + Distill; a same-rho uniform-noise baseline (authorized + CNN). Writes
 benchmarks/results/cifar10_cpu.{json,md}. Trained networks are cached under --work-dir, so a second run retrains
-only what depends on the release.
+only what depends on the release. An ablation (the paper's Unlearn = L_fd only, UnDistill = L_ud only, UGE w/o UD)
+turns loss terms off and, to fit the machine, evaluates the authorized net and two hackers (the CNN, Normal and
+Distill, and ResNet-18 with another seed) unless --hacker says otherwise. `python benchmarks/summary.py` gathers
+every variant's results into one table.
 
 Deviation from the paper's backbones, for CPU time: the hackers use reduced widths where the default width would
 not train in minutes on 2 cores (the spec in the table says which); the GPU protocol uses the default widths.
@@ -16,18 +20,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocol import Protocol, run
+from protocol import ABLATIONS, Protocol, run, variant_name
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in about this many cosine epochs
 
 
 DEFAULT_HACKERS = ["cnn-w16-seed1", "lenet-seed1", "mobilenetv2-w8-seed1", "shufflenetv2-w12-seed1", "resnet18-w16-seed1"]
+ABLATION_HACKERS = ["cnn-w16-seed1", "resnet18-w16-seed1"]  # another architecture and another seed of the authorized one
 
 
-def cpu_protocol(source: str, solver: str, hackers: list[str]) -> Protocol:
+def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | None = None) -> Protocol:
     return Protocol(
-        name="cifar10_cpu" if solver == "generator" else f"cifar10_cpu_{solver.replace('-', '_')}",
+        name=variant_name("cifar10_cpu", solver, ablation),
         source=source,
         train_rows=10_000,
         test_rows=2_000,
@@ -35,6 +40,7 @@ def cpu_protocol(source: str, solver: str, hackers: list[str]) -> Protocol:
             authorized=["resnet18-w16-seed0"], encoder="surrogate", rho=0.04, seed=0, solver=solver,
             recipe={"epochs": EPOCHS, "batch_size": 128}, generator_epochs=3, batch_size=128,
             generator_channels=16, generator_blocks=2, surrogate_epochs=10, per_sample_steps=5,
+            **ABLATIONS.get(ablation, {}),
         ),
         hackers=hackers,
         distill_students=["cnn-w16-seed1"],
@@ -47,11 +53,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=str(HERE.parent.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--solver", default="generator", choices=["generator", "per-sample", "hybrid"])
+    parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="turn loss terms off (the paper's ablation rows)")
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
     parser.add_argument("--fresh", action="store_true", help="re-run the protection even if the release is current")
-    parser.add_argument("--hacker", action="append", help="hacker spec (repeatable); default: " + " ".join(DEFAULT_HACKERS))
+    parser.add_argument("--hacker", action="append", help="hacker spec (repeatable); default: " + " ".join(DEFAULT_HACKERS)
+                        + " (with --ablation: " + " ".join(ABLATION_HACKERS) + ")")
     args = parser.parse_args()
-    protocol = cpu_protocol(args.source, args.solver, args.hacker or DEFAULT_HACKERS)
+    hackers = args.hacker or (ABLATION_HACKERS if args.ablation else DEFAULT_HACKERS)
+    protocol = cpu_protocol(args.source, args.solver, hackers, args.ablation)
     payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh)
     print((HERE / "results" / f"{payload['protocol']['name']}.md").read_text())
 

@@ -26,6 +26,20 @@ from uge_hf.config import ProtectConfig
 from uge_hf.evaluate import EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol
 
 
+# The paper's ablation rows (its Table 1): the loss weights each variant sets to 0 (the others keep their values).
+ABLATIONS = {
+    "unlearn": {"lambda_gm": 0.0, "lambda_ud": 0.0},  # L_fd only
+    "undistill": {"lambda_gm": 0.0, "lambda_fd": 0.0},  # L_ud only
+    "without-ud": {"lambda_ud": 0.0},  # UGE w/o UD
+}
+
+
+def variant_name(base: str, solver: str, ablation: str | None) -> str:
+    """Results file stem: `cifar10_cpu`, `cifar10_cpu_per_sample`, `cifar10_cpu_unlearn`, ..."""
+    parts = [base] + ([solver] if solver != "generator" else []) + ([ablation] if ablation else [])
+    return "_".join(part.replace("-", "_") for part in parts)
+
+
 @dataclass
 class Protocol:
     """One benchmark scale: which rows, which networks, how long everything trains."""

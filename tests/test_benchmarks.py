@@ -31,3 +31,47 @@ def test_gpu_benchmark_smoke_mode(tmp_path):
     assert all(check["holds"] in (True, False, None) for check in payload["targets"])
     assert payload["networks_loaded_from_cache"] == 0  # a fresh work dir: every network trained by this run
     assert "## Targets" in (tmp_path / "results" / "cifar10_gpu_smoke.md").read_text()
+
+
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_ablations_turn_off_the_papers_loss_terms():
+    from uge_hf.config import ProtectConfig
+
+    cpu = _benchmark_module("cifar10_cpu")
+    summary = _benchmark_module("summary")
+    expected = {None: "gm + fd + ud", "unlearn": "fd", "undistill": "ud", "without-ud": "gm + fd"}
+    for ablation, terms in expected.items():
+        protocol = cpu.cpu_protocol("unused", "per-sample", ["cnn-w16-seed1"], ablation)
+        assert summary.loss_terms(protocol.protect) == terms
+        ProtectConfig(**protocol.protect)  # a valid config
+    assert cpu.cpu_protocol("unused", "generator", [], None).name == "cifar10_cpu"
+    assert cpu.cpu_protocol("unused", "per-sample", [], "without-ud").name == "cifar10_cpu_per_sample_without_ud"
+
+
+def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
+    summary = _benchmark_module("summary")
+
+    def payload(protect: dict, rows: list[tuple[str, str, str, float, float]]) -> dict:
+        return {
+            "protocol": {"protect": {"authorized": ["resnet18-w4-seed0"], **protect}},
+            "rows": [dict(network=n, role=r, scheme=s, clean=c, protected=p) for n, r, s, c, p in rows],
+            "noise_baseline_rows": [dict(network="resnet18-w4-seed0", role="authorized", scheme="Normal", clean=0.7, protected=0.69)],
+            "timings_s": {"protect": 120.0},
+        }
+
+    full = payload({}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.68), ("cnn-seed1", "hacker", "Normal", 0.6, 0.3),
+                        ("cnn-seed1", "hacker", "Distill", 0.65, 0.4)])
+    unlearn = payload({"lambda_gm": 0, "lambda_ud": 0}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.5)])
+    lines = summary.summary({"full": full, "unlearn": unlearn}).splitlines()
+    assert lines[0].split(" | ")[3:6] == ["resnet18-w4-seed0 Normal (auth.)", "cnn-seed1 Normal", "cnn-seed1 Distill"]
+    assert lines[2] == "| Original | - | - | 70.0 | 60.0 | 65.0 | - |"
+    assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - |"
+    assert lines[4] == "| `full` | generator | gm + fd + ud | 68.0 | 30.0 | 40.0 | 2.0 |"
+    assert lines[5] == "| `unlearn` | generator | fd | 50.0 |  |  | 2.0 |"

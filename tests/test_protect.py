@@ -124,6 +124,8 @@ def test_unknown_split_and_bad_rho_are_user_errors(tiny_dataset, tmp_path):
         uge_hf.protect(tiny_dataset, output_dir=tmp_path / "x", splits=["validation"], **TINY_OPTIONS)
     with pytest.raises(UgeError, match="rho"):
         uge_hf.protect(tiny_dataset, output_dir=tmp_path / "x", rho=1.5, **TINY_OPTIONS)
+    with pytest.raises(UgeError, match="every loss weight is 0"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "x", **{**TINY_OPTIONS, "lambda_gm": 0, "lambda_fd": 0, "lambda_ud": 0})
 
 
 def test_clip_encoder_two_authorized_nets_and_released_generator(tiny_dataset, tmp_path):

@@ -104,6 +104,8 @@ class ProtectConfig:
         for name in ("lambda_gm", "lambda_fd", "lambda_ud", "triplet_margin", "omega"):
             if getattr(self, name) < 0:
                 raise UgeError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lambda_gm == self.lambda_fd == self.lambda_ud == 0:
+            raise UgeError("every loss weight is 0, so there is nothing to optimise: set lambda_gm, lambda_fd or lambda_ud > 0")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UgeError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.image_size is not None and self.image_size < 16:

@@ -1,0 +1,65 @@
+"""One table of every measured CPU-protocol variant (solvers and ablations), laid out like the paper's Table 1.
+
+    python benchmarks/summary.py [--prefix cifar10_cpu]
+
+Reads `benchmarks/results/{prefix}*.json` (written by cifar10_cpu.py) and writes `{prefix}_summary.md`: a row
+per variant, a column per network and scheme, each cell the clean-test accuracy (%) of that network trained on
+the variant's release; the "Original" row is the same network trained on the clean rows. A cell is empty when the
+variant did not train that network (ablations train fewer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from uge_hf.config import ProtectConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def loss_terms(protect: dict) -> str:
+    config = ProtectConfig(**protect)
+    weights = {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud}
+    return " + ".join(name for name, weight in weights.items() if weight > 0)
+
+
+def summary(payloads: dict[str, dict]) -> str:
+    columns: dict[tuple[str, str], str] = {}  # (network, scheme) -> header, in first-seen order
+    original: dict[tuple[str, str], float] = {}
+    for payload in payloads.values():
+        for row in payload["rows"]:
+            key = (row["network"], row["scheme"])
+            columns.setdefault(key, f"{row['network']} {row['scheme']}" + (" (auth.)" if row["role"] == "authorized" else ""))
+            original.setdefault(key, row["clean"])
+    header = ["variant", "solver", "losses", *columns.values(), "protect (min)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.append("| Original | - | - | " + " | ".join(f"{100 * original[k]:.1f}" for k in columns) + " | - |")
+    noise = {(r["network"], r["scheme"]): r["protected"] for r in next(iter(payloads.values()))["noise_baseline_rows"]}
+    lines.append("| uniform noise, same rho | - | - | "
+                 + " | ".join(f"{100 * noise[k]:.1f}" if k in noise else "" for k in columns) + " | - |")
+    for name, payload in payloads.items():
+        protect = payload["protocol"]["protect"]
+        measured = {(r["network"], r["scheme"]): r["protected"] for r in payload["rows"]}
+        cells = [f"{100 * measured[k]:.1f}" if k in measured else "" for k in columns]
+        minutes = payload["timings_s"]["protect"] / 60
+        lines.append(f"| `{name}` | {protect.get('solver', 'generator')} | {loss_terms(protect)} | "
+                     + " | ".join(cells) + f" | {minutes:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefix", default="cifar10_cpu")
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    files = sorted(p for p in args.results_dir.glob(f"{args.prefix}*.json"))
+    payloads = {p.stem: json.loads(p.read_text()) for p in files}
+    table = summary(payloads)
+    (args.results_dir / f"{args.prefix}_summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
