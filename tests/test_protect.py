@@ -71,7 +71,8 @@ def test_card_records_the_authorized_init_and_its_hash(release):
     assert uge["rho"] == 0.04 and uge["pixel_bound"] == 10
     assert uge["recipe"]["epochs"] == 2 and uge["encoder"]["name"] == "surrogate"
     assert uge["results"]["perturbation"]["train"]["linf_levels"] <= 10
-    assert set(uge["results"]["final_losses"]) == {"loss", "gm", "fd", "ud"}
+    assert set(uge["results"]["losses"]) == {"generator_last_epoch"}
+    assert set(uge["results"]["losses"]["generator_last_epoch"]) == {"loss", "gm", "fd", "ud"}
     config = json.loads((output / "uge_config.json").read_text())
     assert uge_hf.ProtectConfig.from_dict(config).authorized == ["resnet18-w4-seed0"]
     assert not (output / "generator.safetensors").exists()
@@ -161,8 +162,13 @@ def test_per_sample_and_hybrid_solvers_release_within_bound(tiny_dataset, tmp_pa
     for clean, protected in zip(tiny_dataset["train"]["picture"], loaded["picture"]):
         diff = np.abs(np.asarray(clean, dtype=np.int16) - np.asarray(protected, dtype=np.int16))
         assert 0 < diff.max() <= 10
-    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    card = DatasetCard.load(output / "README.md")
+    uge = card.data.to_dict()["uge"]
     assert uge["config"]["solver"] == solver
+    expected = {"per_sample_first_step", "per_sample_last_step"} | ({"generator_last_epoch"} if solver == "hybrid" else set())
+    assert set(uge["results"]["losses"]) == expected
+    assert set(uge["results"]["losses"]["per_sample_last_step"]) == {"loss", "gm", "fd", "ud"}
+    assert "per-sample solver, last step (mean over batches): loss" in card.text
 
 
 def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
@@ -183,7 +189,8 @@ def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
 
     trajectory = compute_trajectory("resnet18-w4-seed0", data.images, data.labels, 4, config.recipe)
     ctx = solver.build_step_context(config, [trajectory], encoder, features, 4, torch.device("cpu"))
-    refined = solver.refine_per_sample(Accelerator(), ctx, data.images, data.labels, None, tmp_path / "ps")
+    refined, losses = solver.refine_per_sample(Accelerator(), ctx, data.images, data.labels, None, tmp_path / "ps")
+    assert losses["last"]["loss"] < losses["first"]["loss"]
     x = data.images[:8].float() / 255
     index = torch.arange(8)
     before, _ = solver.uge_loss(ctx, x, x, data.labels[:8], index, 0)

@@ -144,7 +144,8 @@ def _print_summary(release: Path) -> None:
         if net["clean_test_accuracy"] is not None:
             table.add_row(f"{net['spec']} clean test acc ({results['test_split']})", str(net["clean_test_accuracy"]))
     table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
-    table.add_row("final losses", ", ".join(f"{k} {v}" for k, v in results["final_losses"].items()))
+    for when, terms in results["losses"].items():
+        table.add_row(f"losses, {when.replace('_', ' ')}", ", ".join(f"{k} {v}" for k, v in terms.items()))
     console.print(table)
 
 

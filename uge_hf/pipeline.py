@@ -102,20 +102,22 @@ def protect(
         lambda path: FeatureTargets(**load_file(str(path))),
     )
     ctx = build_step_context(config, trajectories, encoder, features, len(class_names), accelerator.device)
-    generator, log = None, []
+    generator, losses = None, {}
     if config.solver != "per-sample":
         generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
+        losses["generator_last_epoch"] = _last_epoch_means(log, config.generator_epochs)
     protected_clean = None
     if config.solver != "generator":
         start = None if generator is None else protect_images(generator, clean.images, config.rho, config.pixel_bound, accelerator.device)
-        refined = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
+        refined, per_sample = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
+        losses["per_sample_first_step"], losses["per_sample_last_step"] = per_sample["first"], per_sample["last"]
         protected_clean = quantize_within_bound(clean.images, refined, config.pixel_bound)
 
     result = None
     if accelerator.is_main_process:
         result, protected_clean = _apply(splits, config, generator, clean, protected_clean, image_column, label_column, accelerator.device)
         if output is not None:
-            uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, log, accelerator.device)
+            uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, losses, accelerator.device)
             files = _release_files(config, clean, generator)
             preview = preview_grid(clean.images, protected_clean)
             write_release(output, result, uge, source_name, files, preview, config.num_shards, overwrite)
@@ -242,7 +244,7 @@ def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Datase
     )
 
 
-def _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected, log, device) -> dict:
+def _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected, losses, device) -> dict:
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
     authorized = [
         {**_authorized_entry(spec, len(clean.class_names))[0], "weights": f"authorized/{spec}.safetensors"}
@@ -266,12 +268,12 @@ def _uge_block(config, clean, image_column, label_column, trajectories, encoder,
         "columns": {"image": image_column, "label": label_column},
         "class_names": list(clean.class_names),
         "generator_released": config.release_generator,
-        "results": _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, image_column, label_column, device),
+        "results": _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device),
         "config": config.to_dict(),
     }
 
 
-def _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, image_column, label_column, device) -> dict:
+def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device) -> dict:
     """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
     test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
     test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
@@ -291,16 +293,19 @@ def _measure(config, clean, trajectories, encoder, ctx, splits, protected, log, 
             )
             for i, chunk in zip(range(0, len(protected), 256), protected.split(256))
         ]
-    steps_per_epoch = max(1, len(log) // config.generator_epochs)
-    last_epoch = log[-steps_per_epoch:]
-    terms = [name for name in ("loss", "gm", "fd", "ud") if last_epoch and name in last_epoch[0]]
     return {
         "perturbation": {name: perturbation_stats(clean.images, protected) for name in config.splits[:1]},
         "authorized": nets,
         "test_split": test_name,
         "feature_cosine": round(torch.cat(cosines).mean().item(), 4),
-        "final_losses": {name: round(sum(e[name] for e in last_epoch) / len(last_epoch), 4) for name in terms},
+        "losses": losses,
     }
+
+
+def _last_epoch_means(log: list[dict], epochs: int) -> dict:
+    """G's loss terms averaged over its last epoch (less noisy than the last step)."""
+    last_epoch = log[-max(1, len(log) // epochs):]
+    return {name: round(sum(e[name] for e in last_epoch) / len(last_epoch), 4) for name in last_epoch[0] if name != "step"}
 
 
 def _authorized_entry(spec_text: str, num_classes: int) -> tuple[dict, bytes]:

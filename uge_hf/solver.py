@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -186,13 +187,14 @@ def build_step_context(config: ProtectConfig, trajectories: list[Trajectory], en
 
 def refine_per_sample(
     accelerator, ctx: StepContext, images: Tensor, labels: Tensor, start: Tensor | None, state_dir: Path
-) -> Tensor:
+) -> tuple[Tensor, dict]:
     """Optimise each batch's x_u directly on the UGE loss: sign-gradient steps projected to the rho ball.
 
     `start` (uint8, like `images`) is where each x_u starts: the generator's output for the hybrid solver,
     None for the clean images. Batches are split across processes; each finished batch is saved in
     `state_dir`, so a killed run resumes at the first unfinished one. Returns the protected images as
-    float [0, 1] on the CPU (main process: all of them).
+    float [0, 1] on the CPU (main process: all of them) and the loss terms at the first and at the last step,
+    averaged over batches (whether the steps moved each term, and which way).
     """
     config = ctx.config
     rho, step_size = config.rho, config.per_sample_step_size or config.rho / 4
@@ -208,14 +210,24 @@ def refine_per_sample(
                 y = labels[index].to(ctx.device)
                 base = x if start is None else to_unit(start[index].to(ctx.device))
                 delta = (base - x).clamp(-rho, rho).requires_grad_(True)
+                logged = {}
                 for step in range(config.per_sample_steps):
                     with accelerator.autocast():
                         loss, terms = uge_loss(ctx, x, (x + delta).clamp(0, 1), y, index, number * 1_000 + step)
+                    logged.setdefault("first", {"loss": loss.item(), **terms})
+                    logged["last"] = {"loss": loss.item(), **terms}
                     (grad,) = torch.autograd.grad(loss, delta)
                     delta = (delta - step_size * grad.sign()).clamp(-rho, rho).detach().requires_grad_(True)
                 partial = path.with_name(path.name + ".partial")
-                save_file({"x_u": (x + delta).clamp(0, 1).detach().cpu()}, str(partial))
+                save_file({"x_u": (x + delta).clamp(0, 1).detach().cpu()}, str(partial), metadata={"losses": json.dumps(logged)})
                 partial.replace(path)
             advance()
     accelerator.wait_for_everyone()
-    return torch.cat([load_file(str(state_dir / f"batch-{n:06d}.safetensors"))["x_u"] for n in range(len(batches))])
+    paths = [state_dir / f"batch-{n:06d}.safetensors" for n in range(len(batches))]
+    logs = []
+    for path in paths:
+        with safe_open(str(path), "pt") as batch:
+            logs.append(json.loads(batch.metadata()["losses"]))
+    averaged = {when: {name: round(sum(log[when][name] for log in logs) / len(logs), 4) for name in logs[0][when]}
+                for when in ("first", "last")}
+    return torch.cat([load_file(str(path))["x_u"] for path in paths]), averaged
