@@ -4,8 +4,8 @@
 
 Reads `benchmarks/results/{prefix}*.json` (written by cifar10_cpu.py) and writes `{prefix}_summary.md`: a row
 per variant, a column per network and scheme, each cell the clean-test accuracy (%) of that network trained on
-the variant's release; the "Original" row is the same network trained on the clean rows. A cell is empty when the
-variant did not train that network (ablations train fewer).
+the variant's release (Normal training unless the column names the scheme); the "Original" row is the same network
+trained on the clean rows. A cell is empty when the variant did not train that network (ablations train fewer).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-from uge_hf.config import ProtectConfig
+from protocol import ABLATIONS, variant_name
+from uge_hf.config import SOLVERS, ProtectConfig
 
 HERE = Path(__file__).resolve().parent
+PAPER_NAMES = {None: "UGE", "unlearn": "Unlearn", "undistill": "UnDistill", "without-ud": "UGE w/o UD"}
 
 
 def loss_terms(protect: dict) -> str:
@@ -25,27 +27,37 @@ def loss_terms(protect: dict) -> str:
     return " + ".join(name for name, weight in weights.items() if weight > 0)
 
 
-def summary(payloads: dict[str, dict]) -> str:
+def ablation_of(name: str, solver: str, prefix: str) -> str | None:
+    return next((a for a in ABLATIONS if variant_name(prefix, solver, a) == name), None)
+
+
+def summary(payloads: dict[str, dict], prefix: str = "cifar10_cpu") -> str:
+    """Rows in the paper's order: every solver with all three losses, then each ablation."""
+    variants = sorted(
+        ((name, payload["protocol"]["protect"].get("solver", "generator")) for name, payload in payloads.items()),
+        key=lambda item: (list(PAPER_NAMES).index(ablation_of(item[0], item[1], prefix)), SOLVERS.index(item[1])),
+    )
     columns: dict[tuple[str, str], str] = {}  # (network, scheme) -> header, in first-seen order
     original: dict[tuple[str, str], float] = {}
     for payload in payloads.values():
         for row in payload["rows"]:
             key = (row["network"], row["scheme"])
-            columns.setdefault(key, f"{row['network']} {row['scheme']}" + (" (auth.)" if row["role"] == "authorized" else ""))
+            columns.setdefault(key, row["network"] + ("" if row["scheme"] == "Normal" else f" {row['scheme']}")
+                              + (" (authorized)" if row["role"] == "authorized" else ""))
             original.setdefault(key, row["clean"])
-    header = ["variant", "solver", "losses", *columns.values(), "protect (min)"]
+    header = ["variant", "solver", "losses", *columns.values(), "protect (min)", "results file"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append("| Original | - | - | " + " | ".join(f"{100 * original[k]:.1f}" for k in columns) + " | - |")
+    lines.append("| Original | - | - | " + " | ".join(f"{100 * original[k]:.1f}" for k in columns) + " | - | |")
     noise = {(r["network"], r["scheme"]): r["protected"] for r in next(iter(payloads.values()))["noise_baseline_rows"]}
     lines.append("| uniform noise, same rho | - | - | "
-                 + " | ".join(f"{100 * noise[k]:.1f}" if k in noise else "" for k in columns) + " | - |")
-    for name, payload in payloads.items():
-        protect = payload["protocol"]["protect"]
+                 + " | ".join(f"{100 * noise[k]:.1f}" if k in noise else "" for k in columns) + " | - | |")
+    for name, solver in variants:
+        payload = payloads[name]
         measured = {(r["network"], r["scheme"]): r["protected"] for r in payload["rows"]}
         cells = [f"{100 * measured[k]:.1f}" if k in measured else "" for k in columns]
         minutes = payload["timings_s"]["protect"] / 60
-        lines.append(f"| `{name}` | {protect.get('solver', 'generator')} | {loss_terms(protect)} | "
-                     + " | ".join(cells) + f" | {minutes:.1f} |")
+        lines.append(f"| {PAPER_NAMES[ablation_of(name, solver, prefix)]} | {solver} | {loss_terms(payload['protocol']['protect'])} | "
+                     + " | ".join(cells) + f" | {minutes:.1f} | `{name}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -54,9 +66,9 @@ def main() -> None:
     parser.add_argument("--prefix", default="cifar10_cpu")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    files = sorted(p for p in args.results_dir.glob(f"{args.prefix}*.json"))
+    files = sorted(args.results_dir.glob(f"{args.prefix}*.json"))
     payloads = {p.stem: json.loads(p.read_text()) for p in files}
-    table = summary(payloads)
+    table = summary(payloads, args.prefix)
     (args.results_dir / f"{args.prefix}_summary.md").write_text(table)
     print(table)
 

@@ -69,9 +69,9 @@ def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
     full = payload({}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.68), ("cnn-seed1", "hacker", "Normal", 0.6, 0.3),
                         ("cnn-seed1", "hacker", "Distill", 0.65, 0.4)])
     unlearn = payload({"lambda_gm": 0, "lambda_ud": 0}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.5)])
-    lines = summary.summary({"full": full, "unlearn": unlearn}).splitlines()
-    assert lines[0].split(" | ")[3:6] == ["resnet18-w4-seed0 Normal (auth.)", "cnn-seed1 Normal", "cnn-seed1 Distill"]
-    assert lines[2] == "| Original | - | - | 70.0 | 60.0 | 65.0 | - |"
-    assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - |"
-    assert lines[4] == "| `full` | generator | gm + fd + ud | 68.0 | 30.0 | 40.0 | 2.0 |"
-    assert lines[5] == "| `unlearn` | generator | fd | 50.0 |  |  | 2.0 |"
+    lines = summary.summary({"cifar10_cpu_unlearn": unlearn, "cifar10_cpu": full}).splitlines()
+    assert lines[0].split(" | ")[3:6] == ["resnet18-w4-seed0 (authorized)", "cnn-seed1", "cnn-seed1 Distill"]
+    assert lines[2] == "| Original | - | - | 70.0 | 60.0 | 65.0 | - | |"
+    assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - | |"
+    assert lines[4] == "| UGE | generator | gm + fd + ud | 68.0 | 30.0 | 40.0 | 2.0 | `cifar10_cpu` |"
+    assert lines[5] == "| Unlearn | generator | fd | 50.0 |  |  | 2.0 | `cifar10_cpu_unlearn` |"
