@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from protocol import ABLATIONS, Protocol, run, variant_name
+from uge_hf.config import SOLVERS
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in about this many cosine epochs
@@ -52,7 +53,7 @@ def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=str(HERE.parent.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--solver", default="generator", choices=["generator", "per-sample", "hybrid"])
+    parser.add_argument("--solver", default="generator", choices=SOLVERS)
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="turn loss terms off (the paper's ablation rows)")
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
     parser.add_argument("--fresh", action="store_true", help="re-run the protection even if the release is current")

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from protocol import ABLATIONS, Protocol, run, variant_name
+from uge_hf.config import SOLVERS
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=str(HERE.parent.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--encoder", default="openai/clip-vit-base-patch32")
-    parser.add_argument("--solver", default="generator", choices=["generator", "per-sample", "hybrid"])
+    parser.add_argument("--solver", default="generator", choices=SOLVERS)
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="turn loss terms off (the paper's ablation rows)")
     parser.add_argument("--smoke", action="store_true", help="a one-minute CPU run of every phase")
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")

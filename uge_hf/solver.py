@@ -223,11 +223,11 @@ def refine_per_sample(
                 partial.replace(path)
             advance()
     accelerator.wait_for_everyone()
-    paths = [state_dir / f"batch-{n:06d}.safetensors" for n in range(len(batches))]
-    logs = []
-    for path in paths:
-        with safe_open(str(path), "pt") as batch:
+    protected, logs = [], []
+    for number in range(len(batches)):
+        with safe_open(str(state_dir / f"batch-{number:06d}.safetensors"), "pt") as batch:
+            protected.append(batch.get_tensor("x_u"))
             logs.append(json.loads(batch.metadata()["losses"]))
     averaged = {when: {name: round(sum(log[when][name] for log in logs) / len(logs), 4) for name in logs[0][when]}
                 for when in ("first", "last")}
-    return torch.cat([load_file(str(path))["x_u"] for path in paths]), averaged
+    return torch.cat(protected), averaged
