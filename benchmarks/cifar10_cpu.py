@@ -1,6 +1,6 @@
 """CPU-scale UGE protocol on CIFAR-10 (issue #3): runnable on 2 cores.
 
-    python benchmarks/cifar10_cpu.py [--source ../shared/data/cifar10] [--solver generator|per-sample|hybrid]
+    python benchmarks/cifar10_cpu.py [--source ../shared/data/cifar10] [--solver generator|per-sample|hybrid|replay]
     python benchmarks/cifar10_cpu.py --ablation unlearn|undistill|without-ud [--solver ...]
 
 First 10,000 train rows and first 2,000 test rows; authorized resnet18-w16-seed0; surrogate encoder; rho 0.04;
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocol import ABLATIONS, Protocol, run, variant_name
+from protocol import ABLATIONS, Protocol, run, variant_name, variant_settings
 from uge_hf.config import SOLVERS
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | N
             authorized=["resnet18-w16-seed0"], encoder="surrogate", rho=0.04, seed=0, solver=solver,
             recipe={"epochs": EPOCHS, "batch_size": 128}, generator_epochs=3, batch_size=128,
             generator_channels=16, generator_blocks=2, surrogate_epochs=10, per_sample_steps=5,
-            **ABLATIONS.get(ablation, {}),
+            **variant_settings(solver, ablation),
         ),
         hackers=hackers,
         distill_students=["cnn-w16-seed1"],

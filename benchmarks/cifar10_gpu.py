@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocol import ABLATIONS, Protocol, run, variant_name
+from protocol import ABLATIONS, Protocol, run, variant_name, variant_settings
 from uge_hf.config import SOLVERS
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +28,7 @@ def gpu_protocol(source: str, encoder: str, solver: str, ablation: str | None) -
         test_rows=10_000,
         protect=dict(authorized=["resnet18-seed0"], encoder=encoder, rho=0.04, seed=0, solver=solver,
                      recipe={"epochs": 30, "batch_size": 128}, generator_epochs=20, batch_size=128,
-                     **ABLATIONS.get(ablation, {})),
+                     **variant_settings(solver, ablation)),
         hackers=["cnn-seed1", "lenet-seed1", "mobilenetv2-seed1", "shufflenetv2-seed1", "resnet18-seed1"],
         distill_students=["cnn-seed1"],
         noise_networks=["cnn-seed1"],
@@ -45,7 +45,7 @@ def smoke_protocol(source: str, solver: str, ablation: str | None) -> Protocol:
         protect=dict(authorized=["resnet18-w4-seed0"], encoder="surrogate", rho=0.04, seed=0, solver=solver,
                      recipe={"epochs": 1, "batch_size": 32}, generator_epochs=1, batch_size=32, generator_channels=4,
                      generator_blocks=1, surrogate_epochs=1, undistill_hacker="lenet-w2-seed1", per_sample_steps=1,
-                     **ABLATIONS.get(ablation, {})),
+                     **variant_settings(solver, ablation)),
         hackers=["lenet-w2-seed1", "resnet18-w4-seed1"],
         distill_students=["lenet-w2-seed1"],
         noise_networks=["lenet-w2-seed1"],

@@ -22,9 +22,10 @@ PAPER_NAMES = {None: "UGE", "unlearn": "Unlearn", "undistill": "UnDistill", "wit
 
 
 def loss_terms(protect: dict) -> str:
+    """The loss terms a variant optimised, each with its weight unless it is 1: `10 gm + fd + 0.5 ud`."""
     config = ProtectConfig(**protect)
     weights = {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud}
-    return " + ".join(name for name, weight in weights.items() if weight > 0)
+    return " + ".join(name if weight == 1 else f"{weight:g} {name}" for name, weight in weights.items() if weight > 0)
 
 
 def ablation_of(name: str, solver: str, prefix: str) -> str | None:

@@ -46,13 +46,15 @@ def test_ablations_turn_off_the_papers_loss_terms():
 
     cpu = _benchmark_module("cifar10_cpu")
     summary = _benchmark_module("summary")
-    expected = {None: "gm + fd + ud", "unlearn": "fd", "undistill": "ud", "without-ud": "gm + fd"}
+    expected = {None: "gm + fd + 0.5 ud", "unlearn": "fd", "undistill": "0.5 ud", "without-ud": "gm + fd"}
     for ablation, terms in expected.items():
         protocol = cpu.cpu_protocol("unused", "per-sample", ["cnn-w16-seed1"], ablation)
         assert summary.loss_terms(protocol.protect) == terms
         ProtectConfig(**protocol.protect)  # a valid config
     assert cpu.cpu_protocol("unused", "generator", [], None).name == "cifar10_cpu"
     assert cpu.cpu_protocol("unused", "per-sample", [], "without-ud").name == "cifar10_cpu_per_sample_without_ud"
+    replay = cpu.cpu_protocol("unused", "replay", [], None)
+    assert replay.name == "cifar10_cpu_replay" and summary.loss_terms(replay.protect) == "10 gm + fd + 0.5 ud"
 
 
 def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
@@ -73,5 +75,5 @@ def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
     assert lines[0].split(" | ")[3:6] == ["resnet18-w4-seed0 (authorized)", "cnn-seed1", "cnn-seed1 Distill"]
     assert lines[2] == "| Original | - | - | 70.0 | 60.0 | 65.0 | - | |"
     assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - | |"
-    assert lines[4] == "| UGE | generator | gm + fd + ud | 68.0 | 30.0 | 40.0 | 2.0 | `cifar10_cpu` |"
+    assert lines[4] == "| UGE | generator | gm + fd + 0.5 ud | 68.0 | 30.0 | 40.0 | 2.0 | `cifar10_cpu` |"
     assert lines[5] == "| Unlearn | generator | fd | 50.0 |  |  | 2.0 | `cifar10_cpu_unlearn` |"

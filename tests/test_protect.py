@@ -154,8 +154,8 @@ def test_perturb_respects_rho_and_pixel_range():
     assert x_u.min() >= 0 and x_u.max() <= 1
 
 
-@pytest.mark.parametrize("solver", ["per-sample", "hybrid"])
-def test_per_sample_and_hybrid_solvers_release_within_bound(tiny_dataset, tmp_path, solver):
+@pytest.mark.parametrize("solver", ["per-sample", "hybrid", "replay"])
+def test_direct_solvers_release_within_bound(tiny_dataset, tmp_path, solver):
     output = tmp_path / solver
     uge_hf.protect(tiny_dataset, output_dir=output, solver=solver, per_sample_steps=2, **TINY_OPTIONS)
     loaded = load_dataset("parquet", data_files=str(output / "data" / "train-*.parquet"), split="train")
@@ -165,30 +165,68 @@ def test_per_sample_and_hybrid_solvers_release_within_bound(tiny_dataset, tmp_pa
     card = DatasetCard.load(output / "README.md")
     uge = card.data.to_dict()["uge"]
     assert uge["config"]["solver"] == solver
-    expected = {"per_sample_first_step", "per_sample_last_step"} | ({"generator_last_epoch"} if solver == "hybrid" else set())
-    assert set(uge["results"]["losses"]) == expected
-    assert set(uge["results"]["losses"]["per_sample_last_step"]) == {"loss", "gm", "fd", "ud"}
-    assert "per-sample solver, last step (mean over batches): loss" in card.text
+    stages = {"per-sample": ["per_sample_first_step", "per_sample_last_step"],
+              "hybrid": ["generator_last_epoch", "per_sample_first_step", "per_sample_last_step"],
+              "replay": ["replay_first_epoch", "replay_last_epoch"]}[solver]
+    assert list(uge["results"]["losses"]) == stages
+    assert set(uge["results"]["losses"][stages[-1]]) == {"loss", "gm", "fd", "ud"}
+    label = {"replay": "replay solver, last recipe epoch (mean over its steps)"}.get(solver, "per-sample solver, last step (mean over batches)")
+    assert f"{label}: loss" in card.text
+
+
+def _tiny_context(tiny_dataset, **overrides):
+    """The StepContext of a tiny protection run (surrogate encoder, resnet18-w4 trajectory), built directly."""
+    from uge_hf.config import ProtectConfig
+    from uge_hf.data import to_tensors
+    from uge_hf.encoders import SurrogateEncoder
+    from uge_hf.trajectory import compute_trajectory
+
+    config = ProtectConfig(**{**TINY_OPTIONS, **overrides})
+    data = to_tensors(tiny_dataset["train"], "picture", "category", (16, 16))
+    backbone = uge_hf.build_model("cnn-w4-seed0", 4)
+    encoder = SurrogateEncoder.fit(backbone, data.images, data.labels, torch.full((3,), 0.5), torch.full((3,), 0.25))
+    features = solver.FeatureTargets.compute(encoder, data.images, data.labels, data.class_names, "cpu")
+    trajectory = compute_trajectory(config.authorized[0], data.images, data.labels, 4, config.recipe)
+    return solver.build_step_context(config, [trajectory], encoder, features, 4, torch.device("cpu")), data
+
+
+def test_replay_solver_reruns_the_recipe_exactly_and_resumes(tiny_dataset, tmp_path, monkeypatch):
+    """The replay's own training is the authorized recipe step for step (else L_gm is matched at the wrong states),
+    L_gm is matched on the real batch (0 before x_u moves), and a run killed mid-way resumes to the same x_u."""
+    from accelerate import Accelerator
+
+    ctx, data = _tiny_context(tiny_dataset, solver="replay")
+    replayed, losses = solver.refine_along_replay(Accelerator(), ctx, data.images, data.labels, tmp_path / "full")
+    saved = torch.load(tmp_path / "full" / "replay.pt", weights_only=True)
+    for name, tensor in ctx.trajectories[0].final.items():
+        assert torch.equal(saved["nets"][0]["net"][name], tensor), name
+    assert losses["first"]["gm"] < 1e-3 < losses["last"]["gm"]  # the first step sees x_u == x, later ones do not
+    assert losses["last"]["fd"] < losses["first"]["fd"]
+    assert 0 < (replayed - data.images.float() / 255).abs().max() <= ctx.config.rho + 1e-6
+
+    real_loss, calls = solver.uge_loss, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:  # 4 batches per epoch: dies in the second
+            raise KeyboardInterrupt("simulated kill")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "uge_loss", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        solver.refine_along_replay(Accelerator(), ctx, data.images, data.labels, tmp_path / "killed")
+    assert len(torch.load(tmp_path / "killed" / "replay.pt", weights_only=True)["epoch_logs"]) == 1
+    monkeypatch.setattr(solver, "uge_loss", real_loss)
+    resumed, resumed_losses = solver.refine_along_replay(Accelerator(), ctx, data.images, data.labels, tmp_path / "killed")
+    assert torch.equal(resumed, replayed) and resumed_losses == losses
 
 
 def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
     """The solver optimises what it claims to: the loss on its x_u is below the loss on x_u = x + 0."""
     from accelerate import Accelerator
 
-    from uge_hf.config import ProtectConfig
-    from uge_hf.data import to_tensors
-
-    config = ProtectConfig(**{**TINY_OPTIONS, "per_sample_steps": 4, "lambda_gm": 0.0})
-    data = to_tensors(tiny_dataset["train"], "picture", "category", (16, 16))
-    backbone = uge_hf.build_model("cnn-w4-seed0", 4)
-    from uge_hf.encoders import SurrogateEncoder
-
-    encoder = SurrogateEncoder.fit(backbone, data.images, data.labels, torch.full((3,), 0.5), torch.full((3,), 0.25))
-    features = solver.FeatureTargets.compute(encoder, data.images, data.labels, data.class_names, "cpu")
-    from uge_hf.trajectory import compute_trajectory
-
-    trajectory = compute_trajectory("resnet18-w4-seed0", data.images, data.labels, 4, config.recipe)
-    ctx = solver.build_step_context(config, [trajectory], encoder, features, 4, torch.device("cpu"))
+    ctx, data = _tiny_context(tiny_dataset, per_sample_steps=4, lambda_gm=0.0)
+    config = ctx.config
     refined, losses = solver.refine_per_sample(Accelerator(), ctx, data.images, data.labels, None, tmp_path / "ps")
     assert losses["last"]["loss"] < losses["first"]["loss"]
     x = data.images[:8].float() / 255

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from .errors import UgeError
 
 AUGMENTATIONS = ("crop+flip", "none")
-SOLVERS = ("generator", "per-sample", "hybrid")
+SOLVERS = ("generator", "per-sample", "hybrid", "replay")
+GENERATOR_FREE_SOLVERS = ("per-sample", "replay")  # solvers that optimise x_u directly and train no G
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -45,6 +46,10 @@ class Recipe:
         if self.augmentation not in AUGMENTATIONS:
             raise UgeError(f"unknown augmentation {self.augmentation!r}: use one of {', '.join(AUGMENTATIONS)}")
 
+    def total_steps(self, num_samples: int) -> int:
+        """SGD steps of the whole run on `num_samples` rows (the last batch of an epoch may be short)."""
+        return self.epochs * math.ceil(num_samples / self.batch_size)
+
 
 @dataclass
 class ProtectConfig:
@@ -56,9 +61,11 @@ class ProtectConfig:
     rho: float = 0.04  # L-inf bound of the perturbation on [0, 1] pixels (the paper's value)
     seed: int = 0  # seeds the generator's init, its data order and the checkpoint sampling
     recipe: Recipe = field(default_factory=Recipe)  # the authorized training recipe (also the trajectory's)
-    solver: str = "generator"  # "generator" (the paper's G), "per-sample" (optimise each x_u), "hybrid" (G, then refine)
-    per_sample_steps: int = 10  # sign-gradient steps per batch of the per-sample / hybrid solver
-    per_sample_step_size: float | None = None  # L-inf step of the per-sample solver; None: rho / 4
+    # "generator" (the paper's G), "per-sample" (optimise each x_u), "hybrid" (G, then refine per sample),
+    # "replay" (optimise each x_u while re-running the authorized recipe, L_gm matched at its exact steps)
+    solver: str = "generator"
+    per_sample_steps: int = 10  # sign-gradient steps per batch of the per-sample / hybrid solver (replay: one per epoch)
+    per_sample_step_size: float | None = None  # L-inf step of the per-sample, hybrid and replay solvers; None: rho / 4
     generator_epochs: int = 10  # passes over the protected split while training G
     batch_size: int = 128  # per-process batch while training G
     generator_lr: float = 1e-3  # Adam learning rate of G
@@ -114,10 +121,10 @@ class ProtectConfig:
             raise UgeError("give at least one split to protect")
         if self.solver not in SOLVERS:
             raise UgeError(f"unknown solver {self.solver!r}: use one of {', '.join(SOLVERS)}")
-        if self.solver == "per-sample" and len(self.splits) > 1:
-            raise UgeError("the per-sample solver protects one split (it has no generator for the others)")
-        if self.solver == "per-sample" and self.release_generator:
-            raise UgeError("the per-sample solver trains no generator to release")
+        if self.solver in GENERATOR_FREE_SOLVERS and len(self.splits) > 1:
+            raise UgeError(f"the {self.solver} solver protects one split (it has no generator for the others)")
+        if self.solver in GENERATOR_FREE_SOLVERS and self.release_generator:
+            raise UgeError(f"the {self.solver} solver trains no generator to release")
         if self.per_sample_steps < 1:
             raise UgeError(f"per_sample_steps must be >= 1, got {self.per_sample_steps}")
 

@@ -26,13 +26,13 @@ from torch import Tensor
 from . import __version__
 from .apply import perturbation_stats, preview_grid, protect_images, quantize_within_bound
 from .card import CARD_SCHEMA_VERSION
-from .config import ProtectConfig, Recipe
+from .config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
 from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
 from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from .errors import UgeError
 from .progress import is_main_process
 from .release import check_output_dir, json_bytes, write_release
-from .solver import FeatureTargets, build_step_context, refine_per_sample, train_generator
+from .solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
 from .specs import ModelSpec, build_model, init_state_bytes
 from .training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
 from .trajectory import Trajectory, compute_trajectory
@@ -102,16 +102,19 @@ def protect(
         lambda path: FeatureTargets(**load_file(str(path))),
     )
     ctx = build_step_context(config, trajectories, encoder, features, len(class_names), accelerator.device)
-    generator, losses = None, {}
-    if config.solver != "per-sample":
+    generator, losses, protected_clean = None, {}, None
+    if config.solver not in GENERATOR_FREE_SOLVERS:
         generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
         losses["generator_last_epoch"] = _last_epoch_means(log, config.generator_epochs)
-    protected_clean = None
-    if config.solver != "generator":
+    if config.solver == "replay":
+        x_u, direct = refine_along_replay(accelerator, ctx, clean.images, clean.labels, work_dir / "replay")
+        losses["replay_first_epoch"], losses["replay_last_epoch"] = direct["first"], direct["last"]
+    elif config.solver != "generator":
         start = None if generator is None else protect_images(generator, clean.images, config.rho, config.pixel_bound, accelerator.device)
-        refined, per_sample = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
-        losses["per_sample_first_step"], losses["per_sample_last_step"] = per_sample["first"], per_sample["last"]
-        protected_clean = quantize_within_bound(clean.images, refined, config.pixel_bound)
+        x_u, direct = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
+        losses["per_sample_first_step"], losses["per_sample_last_step"] = direct["first"], direct["last"]
+    if config.solver != "generator":
+        protected_clean = quantize_within_bound(clean.images, x_u, config.pixel_bound)
 
     result = None
     if accelerator.is_main_process:
@@ -209,7 +212,7 @@ def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: Classif
            image_column: str, label_column: str, device) -> tuple[DatasetDict, Tensor]:
     """The released splits: protected ones with new images, the others copied unchanged (or dropped).
 
-    `protected_fit` is the first split already protected (per-sample / hybrid solvers); None: G protects it.
+    `protected_fit` is the first split already protected (per-sample / hybrid / replay solvers); None: G protects it.
     """
     released = {}
     for name, split in splits.items():

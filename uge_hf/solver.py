@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -24,8 +25,8 @@ from .losses import feature_deviation_loss, gradient_matching_loss, least_simila
 from .models import PerturbationGenerator
 from .progress import progress_bar
 from .specs import build_model
-from .training import epoch_permutation, normalize, random_crop_flip, to_unit
-from .trajectory import Trajectory
+from .training import augment, epoch_permutation, normalize, recipe_optimizer, to_unit
+from .trajectory import State, Trajectory
 
 LOSS_TERMS = ("gm", "fd", "ud")
 
@@ -74,19 +75,37 @@ class StepContext:
     device: torch.device
 
 
-def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor, step: int) -> tuple[Tensor, dict]:
-    """The three losses on one batch (terms with weight 0 are skipped: L_gm is the expensive one)."""
+@dataclass
+class ReplayedStep:
+    """One SGD step of the authorized recipe, as the replay solver re-runs it: where L_gm is matched exactly."""
+
+    states: list[State]  # each authorized net's state before the step
+    augmentation: Tensor  # the recipe's augmentation generator state at the step (`torch.Generator.get_state`)
+
+
+def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor, step: int,
+             replayed: ReplayedStep | None = None) -> tuple[Tensor, dict]:
+    """The three losses on one batch (terms with weight 0 are skipped: L_gm is the expensive one).
+
+    L_gm is matched at a checkpoint sampled from each trajectory and a random augmentation (seeded by `step`), or,
+    given `replayed`, at exactly the states and augmentation of that recipe step.
+    """
     config = ctx.config
     rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    if replayed is not None:
+        rng.set_state(replayed.augmentation)
     terms: dict[str, Tensor] = {}
     if config.lambda_gm > 0:
         # The authorized user trains on augmented batches, so gradients are matched on the same augmentation.
-        x_seen, x_u_seen = (x, x_u) if config.recipe.augmentation == "none" else random_crop_flip([x, x_u], rng)
+        x_seen, x_u_seen = augment([x, x_u], config.recipe, rng)
         matches = []
-        for trajectory, model in zip(ctx.trajectories, ctx.authorized_functional):
-            # theta_0 .. theta_{E-1}: the states the recipe takes SGD steps from.
-            epoch = int(torch.randint(0, len(trajectory.states) - 1, (1,), generator=rng))
-            state = {name: t.to(ctx.device) for name, t in trajectory.states[epoch].items()}
+        for number, (trajectory, model) in enumerate(zip(ctx.trajectories, ctx.authorized_functional)):
+            if replayed is None:
+                # theta_0 .. theta_{E-1}: the states the recipe takes SGD steps from.
+                epoch = int(torch.randint(0, len(trajectory.states) - 1, (1,), generator=rng))
+                state = {name: t.to(ctx.device) for name, t in trajectory.states[epoch].items()}
+            else:
+                state = replayed.states[number]
             matches.append(gradient_matching_loss(model, state, normalize(x_seen), normalize(x_u_seen), y))
         terms["gm"] = torch.stack(matches).mean()
     if config.lambda_fd > 0:
@@ -216,8 +235,7 @@ def refine_per_sample(
                         loss, terms = uge_loss(ctx, x, (x + delta).clamp(0, 1), y, index, number * 1_000 + step)
                     logged.setdefault("first", {"loss": loss.item(), **terms})
                     logged["last"] = {"loss": loss.item(), **terms}
-                    (grad,) = torch.autograd.grad(loss, delta)
-                    delta = (delta - step_size * grad.sign()).clamp(-rho, rho).detach().requires_grad_(True)
+                    delta = _sign_step(loss, delta, step_size, rho).requires_grad_(True)
                 partial = path.with_name(path.name + ".partial")
                 save_file({"x_u": (x + delta).clamp(0, 1).detach().cpu()}, str(partial), metadata={"losses": json.dumps(logged)})
                 partial.replace(path)
@@ -228,6 +246,81 @@ def refine_per_sample(
         with safe_open(str(state_dir / f"batch-{number:06d}.safetensors"), "pt") as batch:
             protected.append(batch.get_tensor("x_u"))
             logs.append(json.loads(batch.metadata()["losses"]))
-    averaged = {when: {name: round(sum(log[when][name] for log in logs) / len(logs), 4) for name in logs[0][when]}
-                for when in ("first", "last")}
-    return torch.cat(protected), averaged
+    return torch.cat(protected), {when: _mean_terms([log[when] for log in logs]) for when in ("first", "last")}
+
+
+def _sign_step(loss: Tensor, delta: Tensor, step_size: float, rho: float) -> Tensor:
+    """One signed-gradient descent step on the perturbation, projected back to the rho ball."""
+    (grad,) = torch.autograd.grad(loss, delta)
+    return (delta - step_size * grad.sign()).clamp(-rho, rho).detach()
+
+
+def _mean_terms(logs: list[dict]) -> dict:
+    return {name: round(sum(log[name] for log in logs) / len(logs), 4) for name in logs[0]}
+
+
+def refine_along_replay(accelerator, ctx: StepContext, images: Tensor, labels: Tensor, state_dir: Path) -> tuple[Tensor, dict]:
+    """The replay solver: re-run the authorized recipe on the clean data, perturbing each batch right before its step.
+
+    Before every SGD step of the recipe, the rows of that step's batch take one sign-gradient step on the UGE loss,
+    with L_gm matched at the authorized nets' states of that step, on that batch (so BatchNorm sees the same
+    batch) and with that augmentation: the very gradients an authorized user's training from the released
+    weights takes, if x_u keeps them matched. (The other solvers match at epoch-end states with random
+    augmentations.) Every row gets one step per recipe epoch. The replay is sequential, so the main process runs
+    it and the others wait; its state (x_u, nets, optimisers, augmentation generator) is saved after every epoch
+    and a killed run resumes at its last finished epoch. Returns x_u (float [0, 1], CPU) and the loss terms
+    averaged over the first and over the last epoch's steps.
+    """
+    config, recipe = ctx.config, ctx.config.recipe
+    rho, step_size = config.rho, config.per_sample_step_size or config.rho / 4
+    checkpoint = state_dir / "replay.pt"
+    if accelerator.is_main_process:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        nets = [trajectory.model(trajectory.states[0]).to(ctx.device).train() for trajectory in ctx.trajectories]
+        optimizers = [recipe_optimizer(net, recipe, len(images)) for net in nets]
+        augmentation = torch.Generator().manual_seed(recipe.seed)
+        delta, epoch_logs = torch.zeros(images.shape), []
+        if checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=True)
+            delta, epoch_logs = saved["delta"], saved["epoch_logs"]
+            augmentation.set_state(saved["augmentation"])
+            for net, (optimizer, scheduler), states in zip(nets, optimizers, saved["nets"]):
+                net.load_state_dict(states["net"])
+                optimizer.load_state_dict(states["optimizer"])
+                scheduler.load_state_dict(states["scheduler"])
+        batches_per_epoch = -(-len(images) // recipe.batch_size)
+        with progress_bar("replay", total=recipe.total_steps(len(images))) as advance:
+            for _ in range(len(epoch_logs) * batches_per_epoch):
+                advance()
+            for epoch in range(len(epoch_logs), recipe.epochs):
+                log = []
+                for number, index in enumerate(epoch_permutation(len(images), recipe.seed, epoch).split(recipe.batch_size)):
+                    x, y = to_unit(images[index].to(ctx.device)), labels[index].to(ctx.device)
+                    d = delta[index].to(ctx.device).requires_grad_(True)
+                    replayed = ReplayedStep([{n: t.detach() for n, t in net.state_dict().items()} for net in nets],
+                                            augmentation.get_state())
+                    with accelerator.autocast():
+                        loss, terms = uge_loss(ctx, x, (x + d).clamp(0, 1), y, index, epoch * batches_per_epoch + number,
+                                               replayed=replayed)
+                    delta[index] = _sign_step(loss, d, step_size, rho).cpu()
+                    (x_seen,) = augment([x], recipe, augmentation)  # the recipe's step itself, on the clean batch
+                    for net, (optimizer, scheduler) in zip(nets, optimizers):
+                        optimizer.zero_grad(set_to_none=True)
+                        F.cross_entropy(net(normalize(x_seen)), y).backward()
+                        optimizer.step()
+                        scheduler.step()
+                    log.append({"loss": loss.item(), **terms})
+                    advance(loss=loss.item(), **terms)
+                epoch_logs.append(_mean_terms(log))
+                saved = {
+                    "delta": delta, "epoch_logs": epoch_logs, "augmentation": augmentation.get_state(),
+                    "nets": [{"net": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                             for net, (optimizer, scheduler) in zip(nets, optimizers)],
+                }
+                partial = checkpoint.with_name(checkpoint.name + ".partial")
+                torch.save(saved, partial)
+                partial.replace(checkpoint)
+    accelerator.wait_for_everyone()
+    saved = torch.load(checkpoint, weights_only=True)
+    x_u = (to_unit(images) + saved["delta"]).clamp(0, 1)
+    return x_u, {"first": saved["epoch_logs"][0], "last": saved["epoch_logs"][-1]}

@@ -6,7 +6,6 @@ the card records, so an authorized user reproduces the protector's inputs exactl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -63,8 +62,19 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_samples, generator=generator)
 
 
-def steps_per_epoch(num_samples: int, batch_size: int) -> int:
-    return math.ceil(num_samples / batch_size)
+def recipe_optimizer(model: nn.Module, recipe: Recipe, num_samples: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's SGD and its per-step learning-rate schedule over the whole run on `num_samples` rows."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    if recipe.schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.total_steps(num_samples))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def augment(images: list[Tensor], recipe: Recipe, generator: torch.Generator) -> list[Tensor]:
+    """The recipe's augmentation of a batch (and of its aligned twins), drawing from the recipe's generator."""
+    return images if recipe.augmentation == "none" else random_crop_flip(images, generator)
 
 
 def train_classifier(
@@ -87,22 +97,13 @@ def train_classifier(
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
-    num_steps = recipe.epochs * steps_per_epoch(len(images), recipe.batch_size)
-    if recipe.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optimizer, scheduler = recipe_optimizer(model, recipe, len(images))
     augment_rng = torch.Generator().manual_seed(recipe.seed)
-    with progress_bar(description, total=num_steps) as advance:
+    with progress_bar(description, total=recipe.total_steps(len(images))) as advance:
         for epoch in range(recipe.epochs):
             order = epoch_permutation(len(images), recipe.seed, epoch)
             for batch in order.split(recipe.batch_size):
-                x = to_unit(images[batch].to(device))
-                if recipe.augmentation == "crop+flip":
-                    (x,) = random_crop_flip([x], augment_rng)
+                (x,) = augment([to_unit(images[batch].to(device))], recipe, augment_rng)
                 logits = model(normalize(x))
                 if teacher is None:
                     loss = F.cross_entropy(logits, labels[batch].to(device))
