@@ -63,13 +63,20 @@ class Protocol:
     distill_students: list[str]
     noise_networks: list[str] = field(default_factory=list)  # besides the authorized one, for the noise baseline
     limits_minutes: dict = field(default_factory=dict)  # cost targets: {"protect": 20, "run": 45}
+    # Set for choosing hyper-parameters: the "test" rows are then `test_rows` train rows from this index on, a
+    # validation slice after the protected rows, so no test row is ever read.
+    validation_start: int | None = None
 
 
 def load_rows(protocol: Protocol) -> DatasetDict:
     data = load_dataset(protocol.source)
-    return DatasetDict(
-        train=data["train"].select(range(protocol.train_rows)), test=data["test"].select(range(protocol.test_rows))
-    )
+    train = data["train"].select(range(protocol.train_rows))
+    if protocol.validation_start is None:
+        return DatasetDict(train=train, test=data["test"].select(range(protocol.test_rows)))
+    if protocol.validation_start < protocol.train_rows:
+        raise ValueError(f"the validation slice starts at row {protocol.validation_start}, inside the {protocol.train_rows} protected rows")
+    held_out = range(protocol.validation_start, protocol.validation_start + protocol.test_rows)
+    return DatasetDict(train=train, test=data["train"].select(held_out))
 
 
 def uniform_noise(images: torch.Tensor, bound: int, seed: int = 0) -> torch.Tensor:
@@ -161,13 +168,21 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     return payload
 
 
+def held_out_rows(protocol: dict) -> str:
+    """What the accuracies are measured on, for the report's title."""
+    start = protocol.get("validation_start")
+    if start is None:
+        return f"{protocol['test_rows']} test rows"
+    return f"validation: train rows {start}-{start + protocol['test_rows'] - 1} (no test rows)"
+
+
 HOLDS = {True: "yes", False: "**no**", None: "not measured"}
 
 
 def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
     protocol = payload["protocol"]
     lines = [
-        f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {protocol['test_rows']} test rows",
+        f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {held_out_rows(protocol)}",
         "",
         f"Solver `{protocol['protect'].get('solver', 'generator')}`, authorized `{protocol['protect']['authorized']}`, "
         f"encoder `{protocol['protect'].get('encoder')}`, rho {protocol['protect'].get('rho', 0.04)}. "

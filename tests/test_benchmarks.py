@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,17 @@ def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
     assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - | |"
     assert lines[4] == "| UGE | generator | gm + fd + 0.5 ud | 68.0 | 30.0 | 40.0 | 2.0 | `cifar10_cpu` |"
     assert lines[5] == "| Unlearn | generator | fd | 50.0 |  |  | 2.0 | `cifar10_cpu_unlearn` |"
+
+
+def test_validation_rows_come_from_after_the_protected_train_rows_never_from_test():
+    protocol = _benchmark_module("protocol")
+    sample = str(ROOT / "examples" / "cifar10-sample")
+    settings = dict(name="v", source=sample, train_rows=100, test_rows=50, protect={}, hackers=[], distill_students=[])
+    rows = protocol.load_rows(protocol.Protocol(**settings, validation_start=300))
+    train = load_dataset(sample, split="train")
+    assert rows["train"]["img"] == train.select(range(100))["img"]
+    assert rows["test"]["img"] == train.select(range(300, 350))["img"]
+    with pytest.raises(ValueError, match="inside the 100 protected rows"):
+        protocol.load_rows(protocol.Protocol(**settings, validation_start=60))
+    cpu = _benchmark_module("cifar10_cpu").cpu_protocol("unused", "replay", [], None, validation=True)
+    assert (cpu.name, cpu.train_rows, cpu.validation_start) == ("cifar10_val_replay", 5_000, 8_000)
