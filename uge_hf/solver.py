@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,13 +268,13 @@ def refine_along_replay(accelerator, ctx: StepContext, images: Tensor, labels: T
     batch) and with that augmentation: the very gradients an authorized user's training from the released
     weights takes, if x_u keeps them matched. (The other solvers match at epoch-end states with random
     augmentations.) Every row gets one step per recipe epoch. The replay is sequential, so the main process runs
-    it and the others wait; its state (x_u, nets, optimisers, augmentation generator) is saved after every epoch
-    and a killed run resumes at its last finished epoch. Returns x_u (float [0, 1], CPU) and the loss terms
-    averaged over the first and over the last epoch's steps.
+    it and the others wait for its `replay.done` file. Its state (x_u, nets, optimisers, augmentation generator)
+    is saved after every epoch and a killed run resumes at its last finished epoch. Returns x_u (float [0, 1],
+    CPU) and the loss terms averaged over the first and over the last epoch's steps.
     """
     config, recipe = ctx.config, ctx.config.recipe
     rho, step_size = config.rho, config.per_sample_step_size or config.rho / 4
-    checkpoint = state_dir / "replay.pt"
+    checkpoint, finished = state_dir / "replay.pt", state_dir / "replay.done"
     if accelerator.is_main_process:
         state_dir.mkdir(parents=True, exist_ok=True)
         nets = [trajectory.model(trajectory.states[0]).to(ctx.device).train() for trajectory in ctx.trajectories]
@@ -320,7 +321,11 @@ def refine_along_replay(accelerator, ctx: StepContext, images: Tensor, labels: T
                 partial = checkpoint.with_name(checkpoint.name + ".partial")
                 torch.save(saved, partial)
                 partial.replace(checkpoint)
-    accelerator.wait_for_everyone()
+        finished.touch()
+    else:
+        # Polled rather than a collective barrier: the replay can outlast a process group's timeout (10 min for NCCL).
+        while not finished.exists():
+            time.sleep(5)
     saved = torch.load(checkpoint, weights_only=True)
     x_u = (to_unit(images) + saved["delta"]).clamp(0, 1)
     return x_u, {"first": saved["epoch_logs"][0], "last": saved["epoch_logs"][-1]}
