@@ -92,8 +92,10 @@ def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor,
     given `replayed`, at exactly the states and augmentation of that recipe step.
     """
     config = ctx.config
-    rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    if replayed is not None:
+    rng = torch.Generator()
+    if replayed is None:
+        rng.manual_seed(config.seed * 1_000_003 + step)
+    else:
         rng.set_state(replayed.augmentation)
     terms: dict[str, Tensor] = {}
     if config.lambda_gm > 0:
@@ -289,7 +291,7 @@ def refine_along_replay(accelerator, ctx: StepContext, images: Tensor, labels: T
                 net.load_state_dict(states["net"])
                 optimizer.load_state_dict(states["optimizer"])
                 scheduler.load_state_dict(states["scheduler"])
-        batches_per_epoch = -(-len(images) // recipe.batch_size)
+        batches_per_epoch = recipe.total_steps(len(images)) // recipe.epochs
         with progress_bar("replay", total=recipe.total_steps(len(images))) as advance:
             for _ in range(len(epoch_logs) * batches_per_epoch):
                 advance()
