@@ -13,9 +13,7 @@ p.add_argument("--mu", type=float, default=1.0); p.add_argument("--hacker", defa
 p.add_argument("--init", default="block4"); p.add_argument("--rows", type=int, default=5000)
 a = p.parse_args()
 x, y = rows(0, a.rows); val = rows(8000, 10000)
-g = torch.Generator().manual_seed(0)
-pixel = torch.randint(0, 2, (10, 3, 32, 32), generator=g).float() * 2 - 1
-block4 = F.interpolate(torch.randint(0, 2, (10, 3, 8, 8), generator=g).float() * 2 - 1, scale_factor=4)
+block4 = class_patterns()["block4"]
 rho = 10 / 255
 delta = rho * block4[y] if a.init == "block4" else torch.zeros(x.shape)
 auth = build_model("resnet18-w16-seed0", 10).train()
@@ -25,7 +23,6 @@ nets = [auth, hacker]
 optims = [recipe_optimizer(n, RECIPE, len(x)) for n in nets]
 aug = torch.Generator().manual_seed(RECIPE.seed)
 t = time.time()
-def unit(v): return v / v.norm().clamp_min(1e-12)
 for epoch in range(RECIPE.epochs):
     logs = []
     for idx in epoch_permutation(len(x), RECIPE.seed, epoch).split(RECIPE.batch_size):

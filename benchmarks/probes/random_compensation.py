@@ -4,12 +4,10 @@ much as probe B did, the correction's effect is not specific to the authorized n
 
     python benchmarks/probes/random_compensation.py
 """
-import json, torch, torch.nn.functional as F
+import json, torch
 from common import *
 x, y = rows(0, 5000); val = rows(8000, 10000)
-g = torch.Generator().manual_seed(0)
-pixel = torch.randint(0, 2, (10, 3, 32, 32), generator=g).float() * 2 - 1  # drawn first, as in the other probes
-block4 = F.interpolate(torch.randint(0, 2, (10, 3, 8, 8), generator=g).float() * 2 - 1, scale_factor=4)
+block4 = class_patterns()["block4"]
 lowered = torch.randint(0, 4, x.shape, generator=torch.Generator().manual_seed(1))
 xu = (x.int() + block4[y].int() * (10 - lowered)).clamp(0, 255).to(torch.uint8)
 assert (xu.int() - x.int()).abs().max() <= 10

@@ -22,10 +22,7 @@ p.add_argument("--rows", type=int, default=5000); p.add_argument("--budget", typ
 p.add_argument("--contrast", default=None)
 a = p.parse_args()
 x, y = rows(0, a.rows); val = rows(8000, 10000)
-g = torch.Generator().manual_seed(0)
-pixel = torch.randint(0, 2, (10, 3, 32, 32), generator=g).float() * 2 - 1
-block4 = F.interpolate(torch.randint(0, 2, (10, 3, 8, 8), generator=g).float() * 2 - 1, scale_factor=4)
-pattern = {"pixel": pixel, "block4": block4}[a.pattern]
+pattern = class_patterns()[a.pattern]
 base = a.amp / 255 * pattern[y]
 budget = (a.budget if a.budget is not None else 10 - a.amp) / 255
 rho = 10 / 255
@@ -37,7 +34,6 @@ trained = [(net, opt, sched)]
 if a.contrast:
     other = build_model(a.contrast, 10).train(); other_func = build_model(a.contrast, 10).train()
     trained.append((other, *recipe_optimizer(other, RECIPE, len(x))))
-def unit(v): return v / v.norm().clamp_min(1e-12)
 aug = torch.Generator().manual_seed(RECIPE.seed)
 t = time.time()
 for epoch in range(RECIPE.epochs):
