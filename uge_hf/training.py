@@ -86,12 +86,17 @@ def train_classifier(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     description: str = "training",
     teacher: nn.Module | None = None,
+    input_stage: nn.Module | None = None,
+    teacher_stage: nn.Module | None = None,
 ) -> nn.Module:
     """Train `model` with `recipe` on uint8 `images` and `labels` (SGD, full batches except the last).
 
     `on_epoch_end(epoch, model)` is called after every epoch (1-based), e.g. to keep trajectory checkpoints.
     With a `teacher`, the loss is KL(teacher || model) on the same augmented batch instead of cross-entropy:
     knowledge distillation, the paper's Distill attack (Eq. 10); `labels` are then unused.
+    `input_stage` (e.g. a keyed network's key stage) maps [0, 1] images (N, C, H, W) to images of the same shape
+    and runs **before** the augmentation, on the whole image, as it does at test time (`predict_logits`);
+    `teacher_stage` is the teacher's own input stage (a keyed teacher), its input augmented alike.
     Deterministic on CPU for a given recipe and model initialisation.
     """
     model.to(device).train()
@@ -103,13 +108,15 @@ def train_classifier(
         for epoch in range(recipe.epochs):
             order = epoch_permutation(len(images), recipe.seed, epoch)
             for batch in order.split(recipe.batch_size):
-                (x,) = augment([to_unit(images[batch].to(device))], recipe, augment_rng)
+                raw = images[batch].to(device)
+                twins = [_staged(raw, input_stage)] + ([_staged(raw, teacher_stage)] if teacher_stage is not None else [])
+                x, *teacher_x = augment(twins, recipe, augment_rng)  # one crop/flip per sample for both
                 logits = model(normalize(x))
                 if teacher is None:
                     loss = F.cross_entropy(logits, labels[batch].to(device))
                 else:
                     with torch.no_grad():
-                        target = F.log_softmax(teacher(normalize(x)), dim=1)
+                        target = F.log_softmax(teacher(normalize(teacher_x[0] if teacher_x else x)), dim=1)
                     loss = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -121,14 +128,25 @@ def train_classifier(
     return model
 
 
+def _staged(images: Tensor, input_stage: nn.Module | None) -> Tensor:
+    """uint8 images -> [0, 1] floats, through `input_stage` when there is one (no gradient: it is fixed)."""
+    x = to_unit(images)
+    if input_stage is None:
+        return x
+    with torch.no_grad():
+        return input_stage.to(x.device)(x)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> Tensor:
-    """Logits of `model` (eval mode) on uint8 `images`, on the CPU."""
+def predict_logits(model: nn.Module, images: Tensor, device: torch.device | str = "cpu", batch_size: int = 512,
+                   input_stage: nn.Module | None = None) -> Tensor:
+    """Logits of `model` (eval mode) on uint8 `images` (through `input_stage` first, if given), on the CPU."""
     model.to(device).eval()
-    outputs = [model(normalize(to_unit(chunk.to(device)))).float().cpu() for chunk in images.split(batch_size)]
+    outputs = [model(normalize(_staged(chunk.to(device), input_stage))).float().cpu() for chunk in images.split(batch_size)]
     return torch.cat(outputs)
 
 
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu") -> float:
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu",
+             input_stage: nn.Module | None = None) -> float:
     """Top-1 accuracy in [0, 1]."""
-    return (predict_logits(model, images, device).argmax(1) == labels).float().mean().item()
+    return (predict_logits(model, images, device, input_stage=input_stage).argmax(1) == labels).float().mean().item()
