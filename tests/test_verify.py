@@ -184,7 +184,7 @@ def test_a_column_removed_from_a_shard_fails(folder):
 def test_card_problems(folder):
     card = folder / "README.md"
     text = card.read_text()
-    card.write_text(text.replace("  schema_version: 1\n", "  schema_version: 99\n"))
+    card.write_text(text.replace("  schema_version: 2\n", "  schema_version: 99\n"))
     (check,) = uge_hf.verify_release(folder)
     assert check.name == "card" and not check.ok and "schema version 99" in check.detail
     card.write_text(text.replace("  pixel_bound: 10\n", ""))

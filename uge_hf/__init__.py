@@ -19,6 +19,7 @@ _EXPORTS = {
     # Hub release (#4)
     "load_authorized": "authorized",
     "train_authorized": "authorized",
+    "load_key": "authorized",
     "verify_release": "verify",
     "push_release": "hub",
 }
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .errors import UgeError
     from .pipeline import protect
     from .specs import ModelSpec, build_model, init_sha256
-    from .authorized import load_authorized, train_authorized  # Hub release (#4)
+    from .authorized import load_authorized, load_key, train_authorized  # Hub release (#4)
     from .hub import push_release
     from .verify import verify_release
 

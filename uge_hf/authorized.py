@@ -1,7 +1,11 @@
 """The authorized user's side: the declared initial network (hash-verified) and the card's training recipe.
 
-    model = uge_hf.load_authorized("me/cifar10-uge")             # or a local release folder
-    model, metrics = uge_hf.train_authorized("me/cifar10-uge")
+    model = uge_hf.load_authorized("me/cifar10-uge")                                   # public weights (paper's method)
+    model = uge_hf.load_authorized("me/cifar10-uge", weights="cifar10-uge.private")    # keyed: weights from the publisher
+    model, metrics = uge_hf.train_authorized("me/cifar10-uge", weights="model.safetensors")
+    key_stage = uge_hf.load_key("model.safetensors")                                   # for your own training loop
+
+The weights check lives here once (`weight_problems`): `verify`, `evaluate` and the demo call it.
 """
 
 from __future__ import annotations
@@ -17,20 +21,73 @@ from torch import nn
 from .errors import UgeError
 
 TEST_SPLITS = ("test", "validation")  # a held-out split the metrics report, in this order of preference
+KEY_STAGE_PREFIX = "key_stage."
+BACKBONE_PREFIX = "backbone."
 
 
-def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: str | None = None) -> nn.Module:
-    """The release's authorized network `index` with its released initial weights, on CPU, in train mode.
+class KeyedNetwork(nn.Module):
+    """backbone(normalize(K(x))) for [0, 1] images (N, C, H, W): the keyed method's authorized network.
 
-    The architecture is rebuilt from the card (`uge.authorized[index]`: spec, arch, width, seed, num_classes);
-    the weights are loaded from the released `.safetensors` file after checking that its sha256 equals the
-    card's `init_sha256` AND that of the spec rebuilt on this machine (`uge_hf.init_sha256`). Any mismatch is
-    a UgeError that names it. A Hub id is downloaded (only the card and `authorized/`).
+    `key_stage` is fixed (buffers only). For training, apply `key_stage` to whole images **before** augmentation and
+    train `backbone` on the normalized result (`uge_hf.training.train_classifier(backbone, ..., input_stage=key_stage)`);
+    `forward` is for inference on un-augmented images.
+    """
+
+    def __init__(self, key_stage: nn.Module, backbone: nn.Module):
+        super().__init__()
+        self.key_stage = key_stage
+        self.backbone = backbone
+
+    def forward(self, images):
+        from .training import normalize
+
+        return self.backbone(normalize(self.key_stage(images)))
+
+
+def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: str | None = None,
+                    weights: str | os.PathLike | None = None) -> nn.Module:
+    """The release's authorized network `index` with its initial weights, on CPU, in train mode.
+
+    Public weights (the paper's method) are read from the release; private ones (the keyed method) from `weights`:
+    the `model.safetensors` the publisher gave you, or their private folder. Either way the file's sha256 must equal
+    the card's `init_sha256` and its backbone must equal the spec rebuilt on this machine (`uge_hf.init_sha256`).
+    Returns the backbone (public) or a `KeyedNetwork` (keyed). Any mismatch is a UgeError that names it.
+    A Hub id is downloaded (only the card and `authorized/`).
     """
     from .hub import fetch_release
 
     folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
-    return _load_net(folder, _net(folder, index))
+    net = authorized_entry(folder, index)
+    content = read_weights(folder, net, weights)
+    problems = weight_problems(net, content)
+    if problems:
+        raise UgeError("; ".join(problems) + ": do not train from these weights")
+    return build_authorized(net, content)
+
+
+def load_key(path: str | os.PathLike) -> nn.Module:
+    """The key stage K as a fixed `torch.nn.Module`: [0, 1] float images (N, C, H, W) -> keyed images, same shape.
+
+    `path`: an authorized `model.safetensors`, a `key.json`, or a private folder holding one. Apply K to whole images
+    before any crop or flip, in training and at test time; a K applied after augmentation no longer removes the
+    perturbation, and the network learns the shortcut like any other (see the card).
+    """
+    from .key import KeyStage
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (FileNotFoundError, SafetensorError, OSError) as e:
+            raise UgeError(f"cannot read the weights file {path}: {e}") from None
+        return _key_stage(tensors, path)
+    from .methods.keyed import load_secret_key
+
+    stage: KeyStage = load_secret_key(path).stage()
+    return stage
 
 
 def train_authorized(
@@ -41,27 +98,30 @@ def train_authorized(
     *,
     revision: str | None = None,
     split: str | None = None,
+    weights: str | os.PathLike | None = None,
     **recipe_overrides,
 ) -> tuple[nn.Module, dict]:
     """Train the authorized network `index` on the release as its card prescribes; return (model, metrics).
 
-    Starts from `load_authorized` (hash-verified) and trains on the release's protected split (the card's first
-    `protected_splits`, or `split`) with the card's recipe (`epochs` and `recipe_overrides`, e.g. `batch_size=64`,
-    replace its fields: the protection was fitted to the card's recipe, so changes are at the user's risk). The
-    metrics hold the accuracy on the training split and, when the release has a `test` or `validation` split,
-    on it. `device`: default CUDA when available, else CPU.
+    Starts from `load_authorized` (hash-verified; `weights` as there) and trains on the release's protected split
+    (the card's first `protected_splits`, or `split`) with the card's recipe (`epochs` and `recipe_overrides`, e.g.
+    `batch_size=64`, replace its fields; the paper's method was fitted to the card's recipe, so changes are at the
+    user's risk). A keyed network's key stage is applied before augmentation. The metrics hold the accuracy on the
+    training split and, when the release has a `test` or `validation` split, on it. `device`: default CUDA when
+    available, else CPU. Returns the model `load_authorized` returns, trained.
     """
     from .card import read_uge_block
     from .config import Recipe
     from .data import resolve_columns, to_tensors
     from .hub import fetch_release
     from .progress import is_main_process
+    from .release import load_release, release_data_files
     from .training import accuracy, train_classifier
-    from .release import load_release
 
     folder = fetch_release(repo_or_dir, revision)
-    net = _net(folder, index)
-    model = _load_net(folder, net)
+    net = authorized_entry(folder, index)
+    model = load_authorized(folder, index, weights=weights)
+    backbone, stage = (model.backbone, model.key_stage) if isinstance(model, KeyedNetwork) else (model, None)
     uge = read_uge_block(folder)
     recipe = Recipe(**uge["recipe"])
     if epochs is not None:
@@ -73,7 +133,8 @@ def train_authorized(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     train_split = split or uge["protected_splits"][0]
-    test_split = next((s for s in TEST_SPLITS if s != train_split and _has_split(folder, s)), None)
+    available = release_data_files(folder)
+    test_split = next((s for s in TEST_SPLITS if s != train_split and s in available), None)
     splits = load_release(folder, [train_split] + ([test_split] if test_split else []))
     image_column, label_column = resolve_columns(splits[train_split], uge["columns"]["image"], uge["columns"]["label"])
     size = tuple(uge["input"]["image_size"])
@@ -82,29 +143,25 @@ def train_authorized(
         for name, ds in splits.items()
     }
     train = data[train_split]
-    train_classifier(model, train.images, train.labels, recipe, device, description=f"training {net['spec']}")
+    train_classifier(backbone, train.images, train.labels, recipe, device, description=f"training {net['spec']}",
+                     input_stage=stage)
     metrics = {
         "spec": net["spec"],
+        "method": uge["method"],
         "train_split": train_split,
         "train_rows": len(train.labels),
         "epochs": recipe.epochs,
-        "train_accuracy": round(accuracy(model, train.images, train.labels, device), 4),
+        "train_accuracy": round(accuracy(backbone, train.images, train.labels, device, input_stage=stage), 4),
         "test_split": test_split,
         "test_accuracy": None,
     }
     if test_split:
         test = data[test_split]
-        metrics["test_accuracy"] = round(accuracy(model, test.images, test.labels, device), 4)
+        metrics["test_accuracy"] = round(accuracy(backbone, test.images, test.labels, device, input_stage=stage), 4)
     return model.cpu(), metrics
 
 
-def _has_split(folder: Path, split: str) -> bool:
-    from .release import release_data_files
-
-    return split in release_data_files(folder)
-
-
-def _net(folder: Path, index: int) -> dict:
+def authorized_entry(folder: Path, index: int) -> dict:
     """The card's `uge.authorized[index]`, its fields checked."""
     from .card import read_uge_block
 
@@ -114,42 +171,87 @@ def _net(folder: Path, index: int) -> dict:
         listed = ", ".join(f"{i}: {n.get('spec')}" for i, n in enumerate(nets)) or "none"
         raise UgeError(f"no authorized network {index} in {folder}/README.md (it declares {listed})")
     net = nets[index]
-    missing = [key for key in ("spec", "num_classes", "init_sha256", "weights") if key not in net]
+    missing = [key for key in ("spec", "num_classes", "init_sha256") if key not in net]
     if missing:
         raise UgeError(f"uge.authorized[{index}] of {folder}/README.md lacks {', '.join(missing)}")
     return net
 
 
-def _load_net(folder: Path, net: dict) -> nn.Module:
-    """Rebuild `net`'s architecture from its spec and load the released weights, after the two hash checks."""
+def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = None) -> bytes:
+    """The bytes of `net`'s initial weights: from `weights` (a file, or a private folder) if given, else the release.
+
+    Raises UgeError when they are private and `weights` is not given, or the file is missing.
+    """
+    from .release import release_path
+
+    if weights is not None:
+        path = Path(weights)
+        if path.is_dir():
+            path = path / "authorized" / net["spec"] / "model.safetensors"
+    elif net.get("weights"):
+        path = release_path(folder, net["weights"])
+    else:
+        raise UgeError(
+            f"the authorized weights of {net['spec']} are private (not in the release): pass weights=PATH"
+            " (`--authorized-weights PATH`), the model.safetensors or private folder the publisher gave you"
+        )
+    if not path.is_file():
+        raise UgeError(f"no weights file at {path} (the initial weights of {net['spec']})")
+    return path.read_bytes()
+
+
+def weight_problems(net: dict, content: bytes) -> list[str]:
+    """Why `content` is not `net`'s declared initial weights ([] when it is).
+
+    Checks sha256(content) == the card's `init_sha256`, and that the backbone equals the spec rebuilt on this
+    machine: the whole file for public weights (`uge_hf.init_sha256`), the `backbone.*` tensors of a keyed file.
+    """
     from safetensors.torch import load
 
-    from .specs import ModelSpec, build_model, init_sha256
-    from .verify import release_path
+    from .specs import build_model, init_sha256
 
-    spec = ModelSpec.parse(net["spec"])
-    for key, value in (("arch", spec.arch), ("width", spec.resolved_width), ("seed", spec.seed)):
-        if key in net and net[key] != value:
-            raise UgeError(f"the card declares {key} {net[key]!r} for {net['spec']}, but the spec means {value!r}")
-    path = release_path(folder, net["weights"])
-    if not path.is_file():
-        raise UgeError(f"the release has no {net['weights']} (the initial weights of {net['spec']})")
-    content = path.read_bytes()
+    problems = []
     actual = hashlib.sha256(content).hexdigest()
     if actual != net["init_sha256"]:
-        raise UgeError(
-            f"{net['weights']} has sha256 {actual}, but the card declares {net['init_sha256']}: the weights file"
-            " or the card was changed; do not train from it"
-        )
-    rebuilt = init_sha256(spec, net["num_classes"])
-    if net["init_sha256"] != rebuilt:
-        raise UgeError(
-            f"the card's init_sha256 {net['init_sha256']} for {net['spec']} ({net['num_classes']} classes) is not"
-            f" the sha256 of that spec rebuilt here ({rebuilt}): the release does not hold the declared network"
-        )
-    model = build_model(spec, net["num_classes"])
+        problems.append(f"the weights of {net['spec']} have sha256 {actual}, but the card declares {net['init_sha256']}")
     try:
-        model.load_state_dict(load(content), strict=True)
-    except (RuntimeError, ValueError) as e:  # unreachable when both hashes match; kept for a clear message
-        raise UgeError(f"{net['weights']} does not fit {net['spec']}: {e}") from None
-    return model.train()
+        if net.get("input_stage") == "key":
+            tensors = load(content)
+            backbone = {k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
+            rebuilt = build_model(net["spec"], net["num_classes"]).state_dict()
+            if backbone.keys() != rebuilt.keys() or not all(torch.equal(backbone[k], rebuilt[k]) for k in rebuilt):
+                problems.append(f"the backbone in the weights is not {net['spec']} with {net['num_classes']} classes rebuilt here")
+            if not any(k.startswith(KEY_STAGE_PREFIX) for k in tensors):
+                problems.append("the weights hold no key stage")
+        elif net["init_sha256"] != init_sha256(net["spec"], net["num_classes"]):
+            problems.append(f"the card's init_sha256 for {net['spec']} ({net['num_classes']} classes) is not that of"
+                            " the spec rebuilt here: the release does not hold the declared network")
+    except (UgeError, ValueError, RuntimeError) as e:
+        problems.append(f"the weights of {net['spec']} cannot be read as {net['spec']}: {e}")
+    return problems
+
+
+def build_authorized(net: dict, content: bytes) -> nn.Module:
+    """The network of (checked) weights `content`: the backbone, or a `KeyedNetwork` for a keyed entry."""
+    from safetensors.torch import load
+
+    from .specs import build_model
+
+    tensors = load(content)
+    model = build_model(net["spec"], net["num_classes"])
+    if net.get("input_stage") != "key":
+        model.load_state_dict(tensors, strict=True)
+        return model.train()
+    model.load_state_dict({k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)})
+    return KeyedNetwork(_key_stage(tensors, net["spec"]), model.train())
+
+
+def _key_stage(tensors: dict, source) -> nn.Module:
+    from .key import KeyStage
+
+    try:
+        group_of, sign = tensors[KEY_STAGE_PREFIX + "group_of"], tensors[KEY_STAGE_PREFIX + "sign"]
+        tile, groups = tensors[KEY_STAGE_PREFIX + "geometry"].tolist()
+    except KeyError:
+        raise UgeError(f"{source} holds no key stage (it is not a keyed network's weights)") from None
+    return KeyStage(group_of, sign, tile, groups)

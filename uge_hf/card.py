@@ -13,7 +13,8 @@ from .errors import UgeError
 if TYPE_CHECKING:
     from datasets import DatasetInfo
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2  # 2: `method`, private authorized weights (`weights: null`, `private: true`)
+READABLE_SCHEMA_VERSIONS = (1, 2)  # a version-1 card is a gradient-matching release with public weights
 TEMPLATE = "uge_dataset_card.md"
 
 
@@ -54,9 +55,10 @@ def read_uge_block(release_dir: str | Path) -> dict:
     uge = DatasetCard.load(path).data.to_dict().get("uge")
     if not isinstance(uge, dict):
         raise UgeError(f"the card {path} has no 'uge:' block: not a uge-hf release")
-    if uge.get("schema_version") != CARD_SCHEMA_VERSION:
+    if uge.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise UgeError(
             f"the card {path} has uge schema version {uge.get('schema_version')!r}; "
-            f"this uge-hf reads version {CARD_SCHEMA_VERSION}"
+            f"this uge-hf reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
         )
+    uge.setdefault("method", "gradient-matching")
     return uge

@@ -52,6 +52,8 @@ def _parse_settings(settings: list[str]) -> dict:
 @_user_errors
 def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
+    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network) or gradient-matching (the paper's UGE)  [default: gradient-matching]")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="keyed: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
     authorized: Annotated[Optional[list[str]], typer.Option(help="Authorized network ARCH[-wWIDTH]-seedN; repeat for several")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="CLIP Hub id or local path, or 'surrogate'")] = None,
     rho: Annotated[Optional[float], typer.Option(help="L-inf bound on [0, 1] pixels")] = None,
@@ -95,6 +97,7 @@ def protect(
     for key, value in _parse_settings(set_ or []).items():
         values[key] = {**values[key], **value} if key == "recipe" and isinstance(value, dict) else value
     options = {
+        "method": method, "key_file": str(key) if key is not None else None,
         "authorized": authorized, "encoder": encoder, "rho": rho, "seed": seed, "generator_epochs": generator_epochs,
         "batch_size": batch_size, "splits": split, "image_column": image_column, "label_column": label_column,
         "image_size": image_size, "mixed_precision": mixed_precision,
@@ -126,25 +129,35 @@ def _print_summary(release: Path) -> None:
 
     from .card import read_uge_block
 
+    from .private import private_dir_for
+
     uge = read_uge_block(release)
     results = uge["results"]
     console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
-    console.print(f"release written to {release.resolve()}")
+    console.print(f"release written to {release.resolve()} (method {uge['method']})")
     for net in uge["authorized"]:
-        console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
+        console.print(f"authorized {net['spec']}: weights sha256 {net['init_sha256']}")
+    if any(net.get("private") for net in uge["authorized"]):
+        console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
+                      " (keep it; never publish it)")
     table = Table(title="measured on the release")
     table.add_column("figure")
     table.add_column("value")
     for split, stats in results["perturbation"].items():
         table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats['linf_levels']:.0f} / {uge['pixel_bound']}")
         table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats['mean_abs_levels']}, {stats['psnr_db']} dB")
-    for net in results["authorized"]:
+    if "invariance" in results:
+        inv = results["invariance"]
+        table.add_row("invariance K(x_u) = K(T(x)): images over tolerance", f"{inv['images_over_tolerance']} of {inv['images_checked']}")
+        table.add_row("mean signal (levels)", str(results["mean_signal_levels"]))
+    for net in results.get("authorized", []):
         table.add_row(f"{net['spec']} clean train / protected train acc",
                       f"{net['clean_train_accuracy']} / {net['protected_train_accuracy']}")
         if net["clean_test_accuracy"] is not None:
             table.add_row(f"{net['spec']} clean test acc ({results['test_split']})", str(net["clean_test_accuracy"]))
-    table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
-    for when, terms in results["losses"].items():
+    if "feature_cosine" in results:
+        table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
+    for when, terms in results.get("losses", {}).items():
         table.add_row(f"losses, {when.replace('_', ' ')}", ", ".join(f"{k} {v}" for k, v in terms.items()))
     console.print(table)
 
@@ -212,6 +225,7 @@ def verify(
     release: Annotated[str, typer.Argument(help="Release folder or Hub dataset id")],
     original: Annotated[Optional[str], typer.Option(help="The source dataset (folder or Hub id): also check the bound and the labels")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of RELEASE")] = None,
+    authorized_weights: Annotated[Optional[Path], typer.Option(help="Private authorized weights (model.safetensors or the OUTPUT.private folder) to check against the card")] = None,
 ) -> None:
     """Check a release: card, authorized weights hashes, shards, images (and, with --original, bound and labels)."""
     from rich.console import Console
@@ -219,7 +233,7 @@ def verify(
 
     from .verify import verify_release
 
-    checks = verify_release(release, original=original, revision=revision)
+    checks = verify_release(release, original=original, revision=revision, authorized_weights=authorized_weights)
     console = Console(soft_wrap=True, highlight=False)
     for check in checks:
         mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"

@@ -17,6 +17,7 @@ AUGMENTATIONS = ("crop+flip", "none")
 SOLVERS = ("generator", "per-sample", "hybrid", "replay")
 GENERATOR_FREE_SOLVERS = ("per-sample", "replay")  # solvers that optimise x_u directly and train no G
 MIXED_PRECISION = ("no", "fp16", "bf16")
+METHODS = ("gradient-matching", "keyed")  # uge_hf.methods holds one module each
 
 
 @dataclass
@@ -51,11 +52,56 @@ class Recipe:
         return self.epochs * math.ceil(num_samples / self.batch_size)
 
 
+def _nested(cls, value, name: str):
+    """A nested settings dataclass from itself or a dict, unknown fields named in a UgeError."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise UgeError(f"{name} must be a mapping of its fields, got {value!r}")
+    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UgeError(f"unknown {name} fields: {', '.join(unknown)} (it has {', '.join(f.name for f in dataclasses.fields(cls))})")
+    return cls(**value)
+
+
+@dataclass
+class KeyedSettings:
+    """The keyed method's signal (`uge_hf.key`): a class texture in a secret subspace S, tiled over the image.
+
+    Defaults chosen on a validation slice of CIFAR-10 train rows (`benchmarks/keyed/sweep.py`,
+    `benchmarks/results/keyed_sweep.md`).
+    """
+
+    tile: int = 8  # side in pixels of the square regions S is tiled over (the texture's period)
+    groups: int = 10  # dimensions of S per region (C * tile * tile positions split into this many +-1 patterns)
+    signs: str = "random"  # "random": a sign per image and region (no class mean for a linear attack); "fixed"
+    amplitude: int | None = None  # largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)
+    pull: int | None = None  # levels T(x) moves pixels near 0/255 inward so they can carry +-delta; None: bound // 2
+
+    def __post_init__(self) -> None:
+        from .key import SIGN_MODES
+
+        if self.tile < 1 or self.groups < 1:
+            raise UgeError(f"keyed.tile and keyed.groups must be >= 1, got {self.tile} and {self.groups}")
+        if self.groups > 3 * self.tile * self.tile:
+            raise UgeError(f"keyed.groups must be at most 3 * tile^2 = {3 * self.tile * self.tile}, got {self.groups}")
+        if self.signs not in SIGN_MODES:
+            raise UgeError(f"keyed.signs must be one of {', '.join(SIGN_MODES)}, got {self.signs!r}")
+        for name in ("amplitude", "pull"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 255:
+                raise UgeError(f"keyed.{name} must be in 0..255 levels, got {value}")
+
+
 @dataclass
 class ProtectConfig:
     """Everything `uge_hf.protect` needs besides the dataset. Validated on construction."""
 
+    # "gradient-matching" (the paper's UGE) or "keyed" (the authorized network's key stage removes the perturbation)
+    method: str = "gradient-matching"
     authorized: list[str] = field(default_factory=lambda: ["resnet18-seed0"])  # ARCH[-wWIDTH]-seedN specs
+    keyed: KeyedSettings = field(default_factory=KeyedSettings)  # the keyed method's signal
+    key_file: str | None = None  # keyed: reuse this key (a private folder or its key.json) instead of drawing one
     encoder: str = "openai/clip-vit-base-patch32"  # CLIP Hub id or local path, or "surrogate"
     encoder_revision: str | None = None  # Hub revision of the CLIP checkpoint (None: the default branch)
     rho: float = 0.04  # L-inf bound of the perturbation on [0, 1] pixels (the paper's value)
@@ -89,8 +135,12 @@ class ProtectConfig:
     num_shards: int | None = None  # parquet shards per split; None: about 500 MB of images per shard
 
     def __post_init__(self) -> None:
-        if isinstance(self.recipe, dict):
-            self.recipe = Recipe(**self.recipe)
+        self.recipe = _nested(Recipe, self.recipe, "recipe")
+        self.keyed = _nested(KeyedSettings, self.keyed, "keyed")
+        if self.method not in METHODS:
+            raise UgeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.key_file is not None and self.method != "keyed":
+            raise UgeError("a key file only applies to the keyed method (--method keyed)")
         if isinstance(self.authorized, str):
             self.authorized = [self.authorized]
         if isinstance(self.splits, str):
@@ -135,6 +185,10 @@ class ProtectConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict:
+        """`to_dict` without what must not leave this machine (the key file's path), for the release."""
+        return {**self.to_dict(), "key_file": None}
 
     @classmethod
     def from_dict(cls, values: dict) -> ProtectConfig:

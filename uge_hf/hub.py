@@ -159,12 +159,16 @@ def push_release(
     from huggingface_hub.errors import RevisionNotFoundError
 
     from .card import read_uge_block
-    from .verify import verify_release
+    from .verify import key_material, verify_release
 
     folder = Path(folder)
     token = check_push_ready(repo_id, token)
     if not folder.is_dir():
         raise UgeError(f"no release folder at {folder}")
+    secret = key_material(folder)
+    if secret:
+        raise UgeError(f"refusing to publish {folder}: it holds key material ({', '.join(secret[:3])}); whoever has it"
+                       " is authorized. Publish the release folder, keep OUTPUT.private/ to yourself")
     failed = [check for check in verify_release(folder) if not check.ok]
     if failed:
         raise UgeError(

@@ -1,44 +1,31 @@
-"""`protect()`: the pipeline from an HF dataset to a release folder, and nothing else.
+"""`protect()`: from an HF dataset to a release folder (and its private folder), and nothing else.
 
-    data -> trajectories + encoder features (computed once, cached) -> generator training -> apply -> release
+    data (columns, class names, the first protected split decoded) -> method (uge_hf.methods) -> release + private
 
-Every expensive intermediate is cached in a work folder beside the output (`OUTPUT.uge-work/`), keyed by the
-config and the data, so running the same command again after a kill resumes where it stopped. The work folder
-is removed once the release is written.
+The method computes the protected images and what the card and the private folder hold; this module writes them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-import torch
 from datasets import Dataset, DatasetDict, Image
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import __version__
-from .apply import perturbation_stats, preview_grid, protect_images, quantize_within_bound
+from .apply import perturbation_stats, preview_grid
 from .card import CARD_SCHEMA_VERSION
-from .config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
-from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
-from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
+from .config import ProtectConfig
+from .data import class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
 from .errors import UgeError
+from .methods import MethodInput, MethodResult, get_method
+from .private import private_dir_for, write_private
 from .progress import is_main_process
 from .release import check_output_dir, json_bytes, write_release
-from .solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
-from .specs import ModelSpec, build_model, init_state_bytes
-from .training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
-from .trajectory import Trajectory, compute_trajectory
-
-T = TypeVar("T")
-SURROGATE_SPEC = "cnn-w32"  # the surrogate encoder's backbone: a small, fast zoo network (seed: the config's)
+from .training import INPUT_MEAN, INPUT_STD
 
 
 def protect(
@@ -56,8 +43,10 @@ def protect(
         dataset: a `Dataset`, a `DatasetDict`, a local folder or a Hub id of an image-classification dataset.
         authorized: one or more specs `ARCH[-wWIDTH]-seedN` (default `resnet18-seed0`).
         output_dir: where to write the release folder; None returns the protected dataset without writing one.
+            Key material (the keyed method's key and authorized weights) goes to `OUTPUT.private/` beside it,
+            never into the release.
         config: a full `ProtectConfig`; `authorized` and `options` (any of its fields) override it.
-        overwrite: replace a non-empty `output_dir`.
+        overwrite: replace a non-empty `output_dir` (and its private folder).
 
     Returns:
         The protected `DatasetDict` (the main process's; other processes of a multi-process run get None).
@@ -68,7 +57,11 @@ def protect(
         values["authorized"] = authorized
     config = ProtectConfig.from_dict(values)
 
+    if output_dir is None and config.method == "keyed" and config.key_file is None:
+        raise UgeError("the keyed method needs an output folder: its key is written to OUTPUT.private/ beside it"
+                       " (or pass key_file= to protect with an existing key)")
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
+    private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
     source_name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else _dataset_name(dataset)
     splits = load_source(dataset)
     missing = [split for split in config.splits if split not in splits]
@@ -81,154 +74,41 @@ def protect(
     image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
-    accelerator = _accelerator(config.mixed_precision)
-    work_dir = _work_dir(output, config, clean, accelerator)
-    cache = _Cache(work_dir, accelerator)
+    work_dir = output.parent / f"{output.name}.uge-work" if output is not None else None
+    inputs = MethodInput(config, splits, clean, image_column, label_column, work_dir)
+    result = get_method(config.method).protect(inputs)
 
-    trajectories = [
-        cache.get(
-            f"trajectory-{spec}.safetensors",
-            lambda spec=spec: compute_trajectory(spec, clean.images, clean.labels, len(class_names), config.recipe, accelerator.device),
-            lambda value, path: value.save(path),
-            lambda path, spec=spec: Trajectory.load(path, spec, len(class_names)),
-        )
-        for spec in config.authorized
-    ]
-    encoder = _encoder(config, clean, cache, accelerator.device)
-    features = cache.get(
-        "features.safetensors",
-        lambda: FeatureTargets.compute(encoder, clean.images, clean.labels, class_names, accelerator.device),
-        lambda value, path: save_file(vars(value), str(path)),
-        lambda path: FeatureTargets(**load_file(str(path))),
-    )
-    ctx = build_step_context(config, trajectories, encoder, features, len(class_names), accelerator.device)
-    generator, losses, protected_clean = None, {}, None
-    if config.solver not in GENERATOR_FREE_SOLVERS:
-        generator, log = train_generator(accelerator, config, clean.images, clean.labels, ctx, work_dir / "generator")
-        losses["generator_last_epoch"] = _last_epoch_means(log, config.generator_epochs)
-    if config.solver == "replay":
-        x_u, direct = refine_along_replay(accelerator, ctx, clean.images, clean.labels, work_dir / "replay")
-        losses["replay_first_epoch"], losses["replay_last_epoch"] = direct["first"], direct["last"]
-    elif config.solver != "generator":
-        start = None if generator is None else protect_images(generator, clean.images, config.rho, config.pixel_bound, accelerator.device)
-        x_u, direct = refine_per_sample(accelerator, ctx, clean.images, clean.labels, start, work_dir / "per-sample")
-        losses["per_sample_first_step"], losses["per_sample_last_step"] = direct["first"], direct["last"]
-    if config.solver != "generator":
-        protected_clean = quantize_within_bound(clean.images, x_u, config.pixel_bound)
-
-    result = None
-    if accelerator.is_main_process:
-        result, protected_clean = _apply(splits, config, generator, clean, protected_clean, image_column, label_column, accelerator.device)
+    released = None
+    if is_main_process():
+        released = _released_splits(splits, config, result.protected, image_column)
         if output is not None:
-            uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, losses, accelerator.device)
-            files = _release_files(config, clean, generator)
-            preview = preview_grid(clean.images, protected_clean)
-            write_release(output, result, uge, source_name, files, preview, config.num_shards, overwrite)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return result
+            uge = _uge_block(config, inputs, result, splits)
+            files = {"uge_config.json": json_bytes(config.public_dict()), **result.public_files}
+            first = config.splits[0]
+            preview = preview_grid(clean.images, result.protected[first])
+            with write_private(private, result.private_files):
+                write_release(output, released, uge, source_name, files, preview, config.num_shards, overwrite)
+    result.barrier()
+    if is_main_process() and result.work_dir is not None:
+        shutil.rmtree(result.work_dir, ignore_errors=True)
+    return released
 
 
-def _accelerator(mixed_precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    # Accelerate only picks gloo for a multi-process launch (torchrun) when told to stay on the CPU.
-    multi_process_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision:
-        # Accelerate keeps one state per process and refuses another precision; a second protect() call with
-        # another --mixed-precision replaces it (the process group, if any, is kept).
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, cpu=multi_process_without_gpu)
+def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict[str, Tensor], image_column: str) -> DatasetDict:
+    """Protected splits with their new images; the others copied unchanged (or dropped)."""
+    released = {}
+    for name, split in splits.items():
+        if name in protected:
+            released[name] = _replace_images(split, image_column, protected[name])
+        elif config.keep_other_splits:
+            released[name] = split
+    return DatasetDict(released)
 
 
 def _dataset_name(dataset: Dataset | DatasetDict) -> str:
     first = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
     return first.info.dataset_name or "dataset"
 
-
-def _work_dir(output: Path | None, config: ProtectConfig, clean: ClassificationTensors, accelerator) -> Path:
-    """The cache folder of this exact run: a different config or different data starts it afresh."""
-    key = hashlib.sha256(config.to_json().encode())
-    key.update(clean.images.numpy().tobytes())
-    key.update(clean.labels.numpy().tobytes())
-    run_id = key.hexdigest()[:16]
-    if output is not None:
-        work_dir = output.parent / f"{output.name}.uge-work"
-    else:
-        work_dir = Path(tempfile.gettempdir()) / f"uge-hf-{run_id}"
-    marker = work_dir / "run.json"
-    if accelerator.is_main_process:
-        if marker.exists() and json.loads(marker.read_text()).get("run_id") != run_id:
-            shutil.rmtree(work_dir)  # another run's cache: its checkpoints do not apply to this config
-        work_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"run_id": run_id, "uge_hf_version": __version__}))
-    accelerator.wait_for_everyone()
-    return work_dir
-
-
-class _Cache:
-    """Values computed once by the main process, saved atomically in the work folder, loaded by every process."""
-
-    def __init__(self, work_dir: Path, accelerator):
-        self.work_dir = work_dir
-        self.accelerator = accelerator
-
-    def get(self, name: str, compute: Callable[[], T], save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
-        path = self.work_dir / name
-        if not path.exists() and self.accelerator.is_main_process:
-            partial = path.with_name(path.name + ".partial")
-            save(compute(), partial)
-            os.replace(partial, path)
-        self.accelerator.wait_for_everyone()
-        return load(path)
-
-
-def _encoder(config: ProtectConfig, clean: ClassificationTensors, cache: _Cache, device) -> Encoder:
-    """The CLIP checkpoint named by the config, or a surrogate trained on the clean data."""
-    if config.encoder != "surrogate":
-        return load_clip_encoder(config.encoder, config.encoder_revision)
-    num_classes = len(clean.class_names)
-    spec = f"{SURROGATE_SPEC}-seed{config.seed}"
-    mean, std = torch.full((3,), INPUT_MEAN), torch.full((3,), INPUT_STD)
-
-    def fit() -> SurrogateEncoder:
-        backbone = build_model(spec, num_classes)
-        recipe = Recipe(**{**vars(config.recipe), "epochs": config.surrogate_epochs, "seed": config.seed})
-        train_classifier(backbone, clean.images, clean.labels, recipe, device, description="surrogate encoder")
-        return SurrogateEncoder.fit(backbone, clean.images, clean.labels, mean, std, num_classes=num_classes)
-
-    return cache.get(
-        "surrogate.safetensors",
-        fit,
-        lambda encoder, path: save_file({k: v.contiguous().cpu() for k, v in encoder.state_dict().items()}, str(path)),
-        lambda path: SurrogateEncoder.from_state_dict(build_model(spec, num_classes), load_file(str(path))),
-    )
-
-
-def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: ClassificationTensors, protected_fit: Tensor | None,
-           image_column: str, label_column: str, device) -> tuple[DatasetDict, Tensor]:
-    """The released splits: protected ones with new images, the others copied unchanged (or dropped).
-
-    `protected_fit` is the first split already protected (per-sample / hybrid / replay solvers); None: G protects it.
-    """
-    released = {}
-    for name, split in splits.items():
-        if name in config.splits:
-            if name == config.splits[0] and protected_fit is not None:
-                protected = protected_fit
-            else:
-                tensors = clean if name == config.splits[0] else to_tensors(
-                    split, image_column, label_column, clean.image_size, clean.class_names, progress=is_main_process()
-                )
-                protected = protect_images(generator, tensors.images, config.rho, config.pixel_bound, device)
-                protected_fit = protected if name == config.splits[0] else protected_fit
-            released[name] = _replace_images(split, image_column, protected)
-        elif config.keep_other_splits:
-            released[name] = split
-    return DatasetDict(released), protected_fit
 
 
 def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Dataset:
@@ -247,91 +127,29 @@ def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Datase
     )
 
 
-def _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected, losses, device) -> dict:
+def _uge_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> dict:
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
-    authorized = [
-        {**_authorized_entry(spec, len(clean.class_names))[0], "weights": f"authorized/{spec}.safetensors"}
-        for spec in config.authorized
-    ]
+    clean = inputs.fit
+    first = config.splits[0]
+    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "uge_hf_version": __version__,
-        "authorized": authorized,
+        "method": config.method,
+        "authorized": result.authorized,
         "recipe": vars(config.recipe),
         "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
         "rho": config.rho,
         "pixel_bound": config.pixel_bound,
-        "encoder": {"name": encoder.name if config.encoder != "surrogate" else "surrogate",
-                    "revision": encoder.revision},
-        "loss_weights": {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud,
-                         "triplet_margin": config.triplet_margin, "omega": config.omega,
-                         "undistill_hacker": config.undistill_hacker},
+        **result.card,
         "seed": config.seed,
         "protected_splits": list(config.splits),
-        "columns": {"image": image_column, "label": label_column},
+        "columns": {"image": inputs.image_column, "label": inputs.label_column},
         "class_names": list(clean.class_names),
-        "generator_released": config.release_generator,
-        "results": _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device),
-        "config": config.to_dict(),
+        "results": {
+            "perturbation": {first: perturbation_stats(clean.images, result.protected[first])},
+            "test_split": test_name,
+            **result.results,
+        },
+        "config": config.public_dict(),
     }
-
-
-def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device) -> dict:
-    """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
-    test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
-    nets = []
-    for trajectory in trajectories:
-        model = trajectory.model()
-        nets.append({
-            "spec": trajectory.spec,
-            "clean_train_accuracy": round(accuracy(model, clean.images, clean.labels, device), 4),
-            "clean_test_accuracy": round(accuracy(model, test.images, test.labels, device), 4) if test else None,
-            "protected_train_accuracy": round(accuracy(model, protected, clean.labels, device), 4),
-        })
-    with torch.no_grad():
-        cosines = [
-            torch.nn.functional.cosine_similarity(
-                encoder.encode_images(chunk.to(device).float() / 255).float().cpu(), ctx.features.clean[i : i + 256]
-            )
-            for i, chunk in zip(range(0, len(protected), 256), protected.split(256))
-        ]
-    return {
-        "perturbation": {name: perturbation_stats(clean.images, protected) for name in config.splits[:1]},
-        "authorized": nets,
-        "test_split": test_name,
-        "feature_cosine": round(torch.cat(cosines).mean().item(), 4),
-        "losses": losses,
-    }
-
-
-def _last_epoch_means(log: list[dict], epochs: int) -> dict:
-    """G's loss terms averaged over its last epoch (less noisy than the last step)."""
-    last_epoch = log[-max(1, len(log) // epochs):]
-    return {name: round(sum(e[name] for e in last_epoch) / len(last_epoch), 4) for name in last_epoch[0] if name != "step"}
-
-
-def _authorized_entry(spec_text: str, num_classes: int) -> tuple[dict, bytes]:
-    """What the card and the weights' json declare about one authorized network, and its initial weights."""
-    spec = ModelSpec.parse(spec_text)
-    weights = init_state_bytes(build_model(spec, num_classes))
-    entry = {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
-             "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest()}
-    return entry, weights
-
-
-def _release_files(config: ProtectConfig, clean: ClassificationTensors, generator) -> dict[str, bytes]:
-    files = {"uge_config.json": json_bytes(config.to_dict())}
-    for spec in config.authorized:
-        entry, weights = _authorized_entry(spec, len(clean.class_names))
-        files[f"authorized/{spec}.safetensors"] = weights
-        files[f"authorized/{spec}.json"] = json_bytes({
-            **entry,
-            "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
-            "recipe": vars(config.recipe),
-        })
-    if config.release_generator:
-        from safetensors.torch import save
-
-        files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
-    return files

@@ -123,5 +123,16 @@ def load_release(folder: str | os.PathLike, splits: list[str] | None = None):
     return datasets.DatasetDict({split: read_split(files[split]) for split in (splits or files)})
 
 
+def release_path(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refusing a path that leaves the release (a card could say "../../x").
+
+    Checked on the path as written, not resolved: in the HF cache a snapshot's files are symlinks into `blobs/`.
+    """
+    normal = os.path.normpath(relative)
+    if Path(relative).is_absolute() or normal == ".." or normal.startswith(".." + os.sep):
+        raise UgeError(f"the card names {relative!r}, which is outside the release folder")
+    return folder / normal
+
+
 def json_bytes(value) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

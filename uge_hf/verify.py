@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UgeError
-from .release import SHARD_NAME, release_data_files
+from .release import SHARD_NAME, release_data_files, release_path
 
 # datasets' shard naming, as `write_release` writes it: data/{split}-{index:05d}-of-{count:05d}.parquet
 _SHOWN = 5  # failing rows named per check, then a count
@@ -41,6 +41,7 @@ def verify_release(
     original: Any = None,
     *,
     revision: str | None = None,
+    authorized_weights: str | os.PathLike | None = None,
 ) -> list[Check]:
     """Check the release `repo_or_dir` (a folder or a Hub dataset id); return one `Check` per thing checked.
 
@@ -48,7 +49,9 @@ def verify_release(
     the spec rebuilt here), the shards (names, schema and row counts vs the card's `dataset_info`), and the size
     and mode of every image of the protected splits. With `original` (a folder, Hub id, `Dataset` or
     `DatasetDict`: the source the release was made from), also that every protected pixel is within the card's
-    `pixel_bound` of the source and that every label is unchanged, row by row.
+    `pixel_bound` of the source and that every label is unchanged, row by row. Private authorized weights (the keyed
+    method) are checked when `authorized_weights` (the file or private folder the publisher gave) is passed; the
+    release itself must then hold no key material.
 
     Raises UgeError only when the release cannot be read at all (no such folder, Hub unreachable).
     """
@@ -59,7 +62,8 @@ def verify_release(
     if uge is None:
         return [Check("card", False, problem)]
     checks = [Check("card", True, f"uge schema version {uge['schema_version']}, made with uge-hf {uge.get('uge_hf_version')}")]
-    checks += [_check_weights(folder, net) for net in uge["authorized"]]
+    checks += [_check_weights(folder, net, authorized_weights) for net in uge["authorized"]]
+    checks.append(_check_no_key_material(folder))
     info, problem = _read_dataset_info(folder)
     files = release_data_files(folder)
     if info is None:
@@ -77,7 +81,7 @@ def verify_release(
 
 # --- the card -----------------------------------------------------------------------------------------------
 
-_NET_FIELDS = {"spec": str, "arch": str, "width": int, "seed": int, "num_classes": int, "init_sha256": str, "weights": str}
+_NET_FIELDS = {"spec": str, "arch": str, "width": int, "seed": int, "num_classes": int, "init_sha256": str}
 
 
 def _read_card(folder: Path) -> tuple[dict | None, str]:
@@ -108,6 +112,8 @@ def _read_card(folder: Path) -> tuple[dict | None, str]:
         for key, kind in _NET_FIELDS.items():
             if not isinstance(net.get(key), kind):
                 return wrong(f"authorized[{index}].{key}", f"is missing or not a {kind.__name__}")
+        if not (isinstance(net.get("weights"), str) or net.get("private") is True):
+            return wrong(f"authorized[{index}]", "names no weights file and is not marked private")
         try:
             spec = ModelSpec.parse(net["spec"])
         except UgeError as e:
@@ -149,49 +155,61 @@ def _read_dataset_info(folder: Path):
 # --- authorized weights ---------------------------------------------------------------------------------------
 
 
-def _check_weights(folder: Path, net: dict) -> Check:
-    """sha256 of the released file == the card's init_sha256 == init_sha256 of the spec rebuilt here."""
-    from .specs import init_sha256
+def _check_weights(folder: Path, net: dict, weights: str | os.PathLike | None) -> Check:
+    """The authorized weights (the release's, or the private file given) against the card and the spec rebuilt here."""
+    from .authorized import read_weights, weight_problems
 
     name = f"weights {net['spec']}"
+    if net.get("private") and weights is None:
+        return Check(name, True, f"private (not in the release; sha256 {net['init_sha256']} in the card):"
+                                 " pass --authorized-weights PATH to check a copy")
     try:
-        path = release_path(folder, net["weights"])
+        content = read_weights(folder, net, weights)
     except UgeError as e:
         return Check(name, False, str(e))
-    if not path.is_file():
-        return Check(name, False, f"{net['weights']} is missing")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    rebuilt = init_sha256(net["spec"], net["num_classes"])
-    problems = []
-    if actual != net["init_sha256"]:
-        problems.append(f"{net['weights']} has sha256 {actual} but the card declares {net['init_sha256']}")
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            declared = json.loads(sidecar.read_text()).get("init_sha256")
-        except (ValueError, AttributeError):
-            declared = "unreadable"
-        if declared != net["init_sha256"]:
-            problems.append(f"{net['weights'][:-len(path.suffix)]}.json declares init_sha256 {declared}, the card {net['init_sha256']}")
-    if net["init_sha256"] != rebuilt:
-        problems.append(
-            f"the card's init_sha256 {net['init_sha256']} is not that of {net['spec']} with {net['num_classes']}"
-            f" classes rebuilt here ({rebuilt})"
-        )
+    problems = weight_problems(net, content)
+    if not net.get("private"):
+        sidecar = release_path(folder, net["weights"]).with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                declared = json.loads(sidecar.read_text()).get("init_sha256")
+            except (ValueError, AttributeError):
+                declared = "unreadable"
+            if declared != net["init_sha256"]:
+                problems.append(f"{sidecar.name} declares init_sha256 {declared}, the card {net['init_sha256']}")
     if problems:
         return Check(name, False, "; ".join(problems))
-    return Check(name, True, f"{net['weights']} sha256 {actual} = card = spec rebuilt here")
+    return Check(name, True, f"sha256 {net['init_sha256']} = card; backbone = {net['spec']} rebuilt here")
 
 
-def release_path(folder: Path, relative: str) -> Path:
-    """`folder / relative`, refusing a path that leaves the release (a card could say "../../x").
+def _check_no_key_material(folder: Path) -> Check:
+    """A release must not hold what authorizes (a key file, a key stage): it is published."""
+    found = key_material(folder)
+    if found:
+        return Check("no key material", False, f"the release holds key material: {', '.join(found)}")
+    return Check("no key material", True, "no key file and no key stage in the release")
 
-    Checked on the path as written, not resolved: in the HF cache a snapshot's files are symlinks into `blobs/`.
-    """
-    normal = os.path.normpath(relative)
-    if Path(relative).is_absolute() or normal == ".." or normal.startswith(".." + os.sep):
-        raise UgeError(f"the card names {relative!r}, which is outside the release folder")
-    return folder / normal
+
+def key_material(folder: Path) -> list[str]:
+    """Release-relative paths of files that authorize: key files and weights holding a key stage."""
+    from .authorized import KEY_STAGE_PREFIX
+    from .methods.keyed import KEY_FORMAT
+
+    found = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and ".git" not in p.parts):
+        relative = str(path.relative_to(folder))
+        if path.suffix == ".json" and path.stat().st_size < 2**20 and KEY_FORMAT in path.read_text(errors="ignore"):
+            found.append(relative)
+        elif path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as f:
+                    if any(k.startswith(KEY_STAGE_PREFIX) for k in f.keys()):
+                        found.append(relative)
+            except Exception:  # not ours to judge here; the weights check reads the files it knows
+                continue
+    return found
 
 
 # --- shards ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""The keyed method's two halves: a secret key's fixed input stage K, and a perturbation that lies exactly in ker(I - K).
+
+The authorized network is `backbone(K(x))` with the fixed, non-trainable key stage
+
+    K(x) = x - U U^T x,          U: orthonormal basis of a secret subspace S of image space,
+
+applied to every [0, 1] image before augmentation (train and test). The released perturbation delta lies exactly
+in S, so K(x_u) = K(T(x)): the authorized network trains on what it would see from the (pre-adjusted) clean data,
+at every step of every trajectory, which is the paper's L_gm = 0 (Ye & Wang, CVPR 2024, Eq. 5-6) by construction.
+
+S is built from tiles. The image is cut into `tile` x `tile` regions (a border that does not fill a region is left
+alone); the key splits the C * tile * tile positions of a region into `groups` disjoint groups and gives every
+position a sign, so group j of region r is the +-1 pattern b_j(r). S = span{b_j(r)}: `groups` dimensions per region,
+the same patterns in every region. The groups are disjoint, so U is b_j(r) / sqrt(|group j|) with no QR needed.
+
+The perturbation is a class texture repeated across the image (an availability shortcut, as in synthetic and
+autoregressive poisons, which survive crops because a texture is the same at every shift):
+
+    delta = sum_r eta_r sum_j eps_{y,j} s_{r,j} b_j(r),
+
+eps_y in {-1, +1}^groups: the class's code (from the key); eta_r in {-1, +1}: a per image and region sign (from
+the key and the row index), so every class's mean perturbation is ~0 and a linear classifier finds nothing to
+latch on; s_{r,j}: the largest integer amplitude <= `amplitude` levels that every pixel of the group can carry
+without leaving [0, 255] or the L-inf bound. Everything is an integer, so delta is in S exactly (no rounding), and
+no pixel is ever clipped (clipping would leave a class-correlated residual outside S that the authorized network
+learns). T(x) pulls pixels within `pull` levels of 0 or 255 inward to `pull` / 255 - `pull`: a function of x alone,
+which lets every group carry at least min(pull, bound - pull) levels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import UgeError
+
+KEY_BYTES = 32  # 256-bit keys, drawn with `secrets`
+SIGN_MODES = ("random", "fixed")
+
+
+def new_secret() -> bytes:
+    """A fresh 256-bit key from the OS's cryptographic source."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def _rng(secret: bytes, *words: int) -> np.random.Generator:
+    """A numpy generator seeded by the whole key (256 bits, not a 32-bit seed) and `words`."""
+    return np.random.default_rng([*np.frombuffer(secret, dtype=np.uint32).tolist(), *words])
+
+
+@dataclass(frozen=True)
+class KeyGeometry:
+    """What S is made of; derived from the key alone (so an authorized party can rebuild it)."""
+
+    channels: int
+    tile: int
+    groups: int
+
+    @property
+    def region_size(self) -> int:
+        return self.channels * self.tile * self.tile
+
+
+class KeyStage(nn.Module):
+    """K(x) = x - U U^T x for [0, 1] (or any float) images (N, C, H, W) -> the same shape and dtype.
+
+    Fixed and non-trainable (its tensors are buffers). Apply it to the whole image **before** any augmentation,
+    in training and at test time: a crop or flip moves the tiles off the grid S is defined on, so K would no
+    longer remove the perturbation and the network would learn the shortcut like any other.
+    """
+
+    def __init__(self, group_of: Tensor, sign: Tensor, tile: int, groups: int):
+        super().__init__()
+        if group_of.shape != sign.shape or group_of.dim() != 1 or group_of.numel() % (tile * tile):
+            raise UgeError("a key stage needs one group index and one sign per position of a C x tile x tile region")
+        counts = torch.bincount(group_of, minlength=groups)
+        if (counts == 0).any():
+            raise UgeError(f"every one of the {groups} groups of a key needs at least one position")
+        self.tile, self.groups = tile, groups
+        self.register_buffer("group_of", group_of.long())
+        self.register_buffer("sign", sign.float())
+        self.register_buffer("geometry", torch.tensor([tile, groups]))  # so a saved stage rebuilds itself
+        # U^T as a (groups, C*tile*tile) matrix: row j is b_j / sqrt(|group j|).
+        basis = torch.zeros(groups, group_of.numel())
+        basis[group_of, torch.arange(group_of.numel())] = sign.float() / counts[group_of].float().sqrt()
+        self.register_buffer("basis", basis, persistent=False)
+
+    @property
+    def channels(self) -> int:
+        return self.group_of.numel() // (self.tile * self.tile)
+
+    def regions(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, H // tile, W // tile, C * tile * tile): the tiled part of each image, by region."""
+        n, c, h, w = images.shape
+        p = self.tile
+        if c != self.channels:
+            raise UgeError(f"the key stage was made for {self.channels}-channel images, got {c} channels")
+        if h < p or w < p:
+            raise UgeError(f"images of {h}x{w} pixels are smaller than the key's {p}x{p} tile")
+        rows, cols = h // p, w // p
+        tiled = images[:, :, : rows * p, : cols * p].reshape(n, c, rows, p, cols, p)
+        return tiled.permute(0, 2, 4, 1, 3, 5).reshape(n, rows, cols, c * p * p)
+
+    def from_regions(self, regions: Tensor, like: Tensor) -> Tensor:
+        """Inverse of `regions`: write (N, rows, cols, C*tile*tile) back into a copy of `like` (N, C, H, W)."""
+        n, rows, cols, _ = regions.shape
+        c, p = self.channels, self.tile
+        out = like.clone()
+        out[:, :, : rows * p, : cols * p] = (
+            regions.reshape(n, rows, cols, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, rows * p, cols * p)
+        )
+        return out
+
+    def forward(self, images: Tensor) -> Tensor:
+        v = self.regions(images)
+        basis = self.basis.to(v.dtype)
+        return self.from_regions(v - (v @ basis.T) @ basis, images)
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A 256-bit secret and the signal family it parameterises; everything else is derived from it."""
+
+    secret: bytes
+    geometry: KeyGeometry
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != KEY_BYTES:
+            raise UgeError(f"a key is {KEY_BYTES} bytes, got {len(self.secret)}")
+        if not 1 <= self.geometry.groups <= self.geometry.region_size:
+            raise UgeError(f"groups must be in 1..{self.geometry.region_size} for a {self.geometry.tile}-pixel tile")
+        if self.num_classes < 2:
+            raise UgeError("a key needs at least 2 classes")
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the secret: names a key without revealing it."""
+        return hashlib.sha256(self.secret).hexdigest()
+
+    def stage(self) -> KeyStage:
+        """The key stage K: which group and sign each position of a region has (a random balanced partition)."""
+        g = self.geometry
+        rng = _rng(self.secret, 0)
+        group_of = torch.from_numpy(rng.permutation(np.arange(g.region_size) % g.groups))
+        sign = torch.from_numpy(rng.choice([-1.0, 1.0], size=g.region_size).astype(np.float32))
+        return KeyStage(group_of, sign, g.tile, g.groups)
+
+    def class_codes(self) -> Tensor:
+        """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture.
+
+        Drawn at random, retrying a few times for the largest smallest Hamming distance between classes, so no
+        two classes share a texture when groups allow it.
+        """
+        rng = _rng(self.secret, 1)
+        best, best_distance = None, -1
+        for _ in range(16):
+            codes = rng.choice([-1, 1], size=(self.num_classes, self.geometry.groups))
+            distance = (codes[:, None] != codes[None]).sum(-1) + np.eye(self.num_classes, dtype=int) * 10**6
+            if distance.min() > best_distance:
+                best, best_distance = codes, distance.min()
+        return torch.from_numpy(best).to(torch.int32)
+
+    def region_signs(self, row: int, rows: int, cols: int) -> Tensor:
+        """eta of one dataset row: (rows, cols) in {-1, +1}, a function of the key and the row index only."""
+        return torch.from_numpy(_rng(self.secret, 2, row).choice([-1, 1], size=(rows, cols))).to(torch.int32)
+
+
+@dataclass
+class KeyedOutput:
+    """Protected uint8 images and the per-image invariance residual max |K(x_u) - K(T(x))| in 8-bit levels."""
+
+    images: Tensor  # uint8 (N, C, H, W)
+    invariance_levels: Tensor  # float64 (N,)
+    mean_amplitude: float  # mean |delta| over the tiled pixels, in levels
+
+
+def protect_keyed(
+    images: Tensor,
+    labels: Tensor,
+    key: SecretKey,
+    pixel_bound: int,
+    first_row: int = 0,
+    signs: str = "random",
+    amplitude: int | None = None,
+    pull: int | None = None,
+    stage: KeyStage | None = None,
+) -> KeyedOutput:
+    """x_u = T(x) + delta with delta in S exactly and |x_u - x| <= pixel_bound on every pixel (module docstring).
+
+    Args:
+        images: uint8 (N, C, H, W), the source pixels.
+        labels: int64 (N,), class indices in [0, key.num_classes).
+        key: the secret key.
+        pixel_bound: the L-inf bound in 8-bit levels (floor(rho * 255)).
+        first_row: index of images[0] in its split (the per-row signs depend on it, not on the batching).
+        signs: "random" (a sign per image and region) or "fixed" (+1 everywhere).
+        amplitude: largest |delta| in levels; None: pixel_bound.
+        pull: levels T moves pixels near 0 / 255 inward; None: pixel_bound // 2 (the most a +-delta can then
+            carry at a saturated pixel is min(pull, pixel_bound - pull)).
+        stage: key.stage(), when the caller already built it.
+
+    Returns: a KeyedOutput; its images are a pure function of (images, labels, key, arguments, first_row).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise UgeError(f"expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    if signs not in SIGN_MODES:
+        raise UgeError(f"signs must be one of {', '.join(SIGN_MODES)}, got {signs!r}")
+    stage = stage or key.stage()
+    amplitude = pixel_bound if amplitude is None else min(amplitude, pixel_bound)
+    pull = pixel_bound // 2 if pull is None else pull
+    if not 0 <= pull <= pixel_bound:
+        raise UgeError(f"pull must be in 0..{pixel_bound} levels (T may not move a pixel past the bound), got {pull}")
+    source = images.to(torch.int32)
+    adjusted = source.clamp(pull, 255 - pull)  # T(x): depends on x alone, never on the class
+    low = (source - pixel_bound).clamp(min=0)
+    high = (source + pixel_bound).clamp(max=255)
+
+    t = stage.regions(adjusted)  # (N, rows, cols, D) int32
+    n, rows, cols, _ = t.shape
+    codes = key.class_codes()[labels]  # (N, groups)
+    eta = (
+        torch.stack([key.region_signs(first_row + i, rows, cols) for i in range(n)])
+        if signs == "random" else torch.ones(n, rows, cols, dtype=torch.int32)
+    )
+    # Direction of every pixel: eta_r * eps_{y, g(i)} * b_i, all +-1.
+    direction = eta[..., None] * codes[:, None, None, stage.group_of] * stage.sign.to(torch.int32)
+    room = torch.where(direction > 0, stage.regions(high) - t, t - stage.regions(low))  # levels it can move
+    scale = torch.full((n, rows, cols, key.geometry.groups), amplitude, dtype=torch.int32)
+    index = stage.group_of.expand(n, rows, cols, -1)
+    scale = scale.scatter_reduce(-1, index, room.clamp(min=0), reduce="amin", include_self=True)
+    delta = direction * scale.gather(-1, index)
+    protected = stage.from_regions(t + delta, adjusted).to(torch.uint8)
+
+    with torch.no_grad():
+        residual = stage(protected.double()) - stage(adjusted.double())
+    return KeyedOutput(
+        images=protected,
+        invariance_levels=residual.abs().flatten(1).amax(1),
+        mean_amplitude=delta.abs().float().mean().item(),
+    )

@@ -1,0 +1,40 @@
+"""What every method receives from the pipeline and gives back to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+from torch import Tensor
+
+from ..config import ProtectConfig
+from ..data import ClassificationTensors
+
+
+@dataclass
+class MethodInput:
+    """The validated run: config, every split of the source, and the first protected split decoded."""
+
+    config: ProtectConfig
+    splits: DatasetDict  # the source's splits, as loaded
+    fit: ClassificationTensors  # the first protected split: uint8 (N, 3, H, W) images at the training size, labels
+    image_column: str
+    label_column: str
+    work_dir: Path | None = None  # where a method may cache expensive intermediates (resume after a kill)
+
+
+@dataclass
+class MethodResult:
+    """Protected images of every protected split, and what the release and its private folder must hold."""
+
+    protected: dict[str, Tensor]  # split -> uint8 (N, 3, H, W), row-aligned with the source split
+    authorized: list[dict]  # the card's `uge.authorized` entries
+    card: dict[str, Any] = field(default_factory=dict)  # method-specific fields of the card's `uge:` block
+    results: dict[str, Any] = field(default_factory=dict)  # method-specific measurements for `uge.results`
+    public_files: dict[str, bytes] = field(default_factory=dict)  # release-relative path -> bytes
+    private_files: dict[str, bytes] = field(default_factory=dict)  # private-folder-relative path -> bytes (key material)
+    work_dir: Path | None = None  # the method's cache, removed once the release is written
+    barrier: Callable[[], None] = lambda: None  # waits for every process of a multi-process run

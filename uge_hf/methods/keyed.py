@@ -1,0 +1,140 @@
+"""The keyed method: the authorized network is backbone(K(x)); the perturbation lies exactly in K's null space.
+
+No network is trained: a release costs one pass over the images (`uge_hf.key.protect_keyed`, module docstring there
+for the construction). The key is the authorization: it goes to the private folder, never into the release; the
+card carries the sha256 of the authorized weights (key stage + backbone initialisation) so a user can check them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from ..apply import perturbation_stats
+from ..data import to_tensors
+from ..errors import UgeError
+from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
+from ..progress import is_main_process, progress_bar
+from ..release import json_bytes
+from ..specs import ModelSpec, build_model
+from .base import MethodInput, MethodResult
+
+KEY_FILE = "key.json"
+KEY_FORMAT = "uge-hf key"
+CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
+# K(x_u) - K(T(x)) is exactly 0 in integer arithmetic; in float64 the projection leaves ~1e-12 levels.
+INVARIANCE_TOLERANCE_LEVELS = 1e-6
+
+
+def protect(inputs: MethodInput) -> MethodResult:
+    """Protect every protected split with one key (read from `config.key_file`, or drawn now)."""
+    config = inputs.config
+    settings = config.keyed
+    num_classes = len(inputs.fit.class_names)
+    key = load_secret_key(config.key_file, num_classes) if config.key_file else SecretKey(
+        new_secret(), KeyGeometry(3, settings.tile, settings.groups), num_classes
+    )
+    if (key.geometry.tile, key.geometry.groups) != (settings.tile, settings.groups):
+        raise UgeError(
+            f"the key {config.key_file} is for tile {key.geometry.tile} / groups {key.geometry.groups}, but the config"
+            f" asks for tile {settings.tile} / groups {settings.groups}: use the key's settings"
+        )
+    stage = key.stage()
+    height, width = inputs.fit.image_size
+    if min(height, width) < settings.tile:
+        raise UgeError(f"images of {height}x{width} are smaller than the key's {settings.tile}-pixel tile: set keyed.tile lower")
+
+    protected, invariance, amplitudes = {}, [], []
+    for name in config.splits:
+        tensors = inputs.fit if name == config.splits[0] else to_tensors(
+            inputs.splits[name], inputs.image_column, inputs.label_column, inputs.fit.image_size,
+            inputs.fit.class_names, progress=is_main_process(),
+        )
+        chunks = []
+        with progress_bar(f"protecting {name}", total=len(tensors.images)) as advance:
+            for start in range(0, len(tensors.images), CHUNK_ROWS):
+                out = protect_keyed(
+                    tensors.images[start : start + CHUNK_ROWS], tensors.labels[start : start + CHUNK_ROWS], key,
+                    config.pixel_bound, first_row=start, signs=settings.signs, amplitude=settings.amplitude,
+                    pull=settings.pull, stage=stage,
+                )
+                chunks.append(out.images)
+                invariance.append(out.invariance_levels)
+                amplitudes.append((out.mean_amplitude, len(out.images)))
+                for _ in range(len(out.images)):
+                    advance()
+        protected[name] = torch.cat(chunks)
+
+    invariance = torch.cat(invariance)
+    over = int((invariance > INVARIANCE_TOLERANCE_LEVELS).sum())
+    if over:
+        raise UgeError(f"{over} protected images fail the invariance check K(x_u) = K(T(x)) (a bug: please report it)")
+    regions = (height // settings.tile) * (width // settings.tile)
+    result = MethodResult(protected=protected, authorized=[])
+    result.card = {"key": {
+        "tile": settings.tile, "groups": settings.groups, "dimensions": settings.groups * regions,
+        "signs": settings.signs, "amplitude_levels": settings.amplitude or config.pixel_bound,
+        "pull_levels": config.pixel_bound // 2 if settings.pull is None else settings.pull,
+    }}
+    result.results = {
+        "invariance": {"max_levels": float(invariance.max()), "tolerance_levels": INVARIANCE_TOLERANCE_LEVELS,
+                       "images_checked": len(invariance), "images_over_tolerance": over},
+        "mean_signal_levels": round(sum(a * n for a, n in amplitudes) / sum(n for _, n in amplitudes), 3),
+    }
+    result.private_files[KEY_FILE] = key_json(key)
+    for spec in config.authorized:
+        weights = authorized_weights(spec, stage, num_classes)
+        entry = _entry(spec, num_classes, weights)
+        result.authorized.append(entry)
+        result.private_files[f"authorized/{spec}/model.safetensors"] = weights
+        result.private_files[f"authorized/{spec}/config.json"] = json_bytes({
+            **entry, "method": "keyed", "tile": settings.tile, "groups": settings.groups,
+            "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
+        })
+    return result
+
+
+def _entry(spec_text: str, num_classes: int, weights: bytes) -> dict:
+    spec = ModelSpec.parse(spec_text)
+    return {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
+            "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest(),
+            "weights": None, "private": True, "input_stage": "key"}
+
+
+def authorized_weights(spec: str, stage: KeyStage, num_classes: int) -> bytes:
+    """The authorized network's initial weights as one safetensors file: `key_stage.*` buffers + `backbone.*`."""
+    tensors = {f"key_stage.{k}": v.contiguous() for k, v in stage.state_dict().items()}
+    tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in build_model(spec, num_classes).state_dict().items()})
+    return save(tensors)
+
+
+def key_json(key: SecretKey) -> bytes:
+    """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
+    return json_bytes({
+        "format": KEY_FORMAT, "version": 1, "secret": key.secret.hex(), "channels": key.geometry.channels,
+        "tile": key.geometry.tile, "groups": key.geometry.groups, "num_classes": key.num_classes,
+    })
+
+
+def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
+    """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != KEY_FORMAT:
+            raise ValueError("not a uge-hf key file")
+        key = SecretKey(bytes.fromhex(data["secret"]), KeyGeometry(data["channels"], data["tile"], data["groups"]),
+                        data["num_classes"])
+    except FileNotFoundError:
+        raise UgeError(f"no key file at {path}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
+    if num_classes is not None and key.num_classes != num_classes:
+        raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
+    return key
