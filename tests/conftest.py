@@ -71,3 +71,18 @@ def tiny_release(tmp_path_factory) -> Path:
 def release_copy(tiny_release, tmp_path) -> Path:
     """A private copy of the shared release, free to tamper with."""
     return Path(shutil.copytree(tiny_release, tmp_path / "cifar-uge"))
+
+
+KEYED_OPTIONS = dict(authorized="resnet18-w4-seed0", method="keyed", keyed={"tile": 4, "groups": 6},
+                     recipe={"epochs": 2, "batch_size": 8})
+
+
+@pytest.fixture(scope="session")
+def keyed_release(tmp_path_factory) -> Path:
+    """One tiny keyed release (and its OUTPUT.private folder beside it), shared by the tests that only read it."""
+    import uge_hf
+
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+    output = tmp_path_factory.mktemp("keyed") / "cifar-keyed"
+    uge_hf.protect(source, output_dir=output, **KEYED_OPTIONS)
+    return output

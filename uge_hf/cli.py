@@ -94,8 +94,8 @@ def protect(
         if not config.is_file():
             raise UgeError(f"no config file at {config}")
         values.update(json.loads(config.read_text()))
-    for key, value in _parse_settings(set_ or []).items():
-        values[key] = {**values[key], **value} if key == "recipe" and isinstance(value, dict) else value
+    for name, value in _parse_settings(set_ or []).items():  # nested settings (recipe.lr, keyed.tile) merge
+        values[name] = {**values[name], **value} if isinstance(values.get(name), dict) and isinstance(value, dict) else value
     options = {
         "method": method, "key_file": str(key) if key is not None else None,
         "authorized": authorized, "encoder": encoder, "rho": rho, "seed": seed, "generator_epochs": generator_epochs,

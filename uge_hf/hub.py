@@ -162,13 +162,13 @@ def push_release(
     from .verify import key_material, verify_release
 
     folder = Path(folder)
-    token = check_push_ready(repo_id, token)
     if not folder.is_dir():
         raise UgeError(f"no release folder at {folder}")
-    secret = key_material(folder)
+    secret = key_material(folder)  # before anything touches the network
     if secret:
         raise UgeError(f"refusing to publish {folder}: it holds key material ({', '.join(secret[:3])}); whoever has it"
                        " is authorized. Publish the release folder, keep OUTPUT.private/ to yourself")
+    token = check_push_ready(repo_id, token)
     failed = [check for check in verify_release(folder) if not check.ok]
     if failed:
         raise UgeError(

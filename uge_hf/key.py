@@ -86,8 +86,8 @@ class KeyStage(nn.Module):
         self.register_buffer("sign", sign.float())
         self.register_buffer("geometry", torch.tensor([tile, groups]))  # so a saved stage rebuilds itself
         # U^T as a (groups, C*tile*tile) matrix: row j is b_j / sqrt(|group j|).
-        basis = torch.zeros(groups, group_of.numel())
-        basis[group_of, torch.arange(group_of.numel())] = sign.float() / counts[group_of].float().sqrt()
+        basis = torch.zeros(groups, group_of.numel(), dtype=torch.float64)  # float64: exact to ~1e-16, cast per input
+        basis[group_of, torch.arange(group_of.numel())] = sign.double() / counts[group_of].double().sqrt()
         self.register_buffer("basis", basis, persistent=False)
 
     @property

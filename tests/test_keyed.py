@@ -1,0 +1,156 @@
+"""The keyed method end to end: private folder, card, verify, the authorized user's API, key reuse, push refusal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+import uge_hf
+from uge_hf.card import read_uge_block
+from uge_hf.cli import app
+from uge_hf.config import Recipe
+from uge_hf.release import load_release
+from uge_hf.errors import UgeError
+from uge_hf.specs import build_model
+from uge_hf.training import train_classifier
+
+from .conftest import CLASS_NAMES, KEYED_OPTIONS, make_image_dataset
+
+
+def private_of(release):
+    return release.parent / f"{release.name}.private"
+
+
+def weights_of(release, spec="resnet18-w4-seed0"):
+    return private_of(release) / "authorized" / spec / "model.safetensors"
+
+
+def test_key_material_goes_to_the_private_folder_only(keyed_release):
+    private = private_of(keyed_release)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    for path in private.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+    secret = json.loads((private / "key.json").read_text())["secret"]
+    for path in keyed_release.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert not (keyed_release / "authorized").exists()
+    uge = read_uge_block(keyed_release)
+    assert uge["method"] == "keyed"
+    (net,) = uge["authorized"]
+    assert net["private"] is True and net["weights"] is None
+    import hashlib
+
+    assert net["init_sha256"] == hashlib.sha256(weights_of(keyed_release).read_bytes()).hexdigest()
+    assert uge["results"]["invariance"]["images_over_tolerance"] == 0
+    assert uge["key"]["dimensions"] == 6 * 16  # groups x (16 / 4)^2 regions
+
+
+def test_verify_checks_the_private_weights_against_the_card(keyed_release, tmp_path):
+    checks = {c.name: c for c in uge_hf.verify_release(keyed_release, authorized_weights=weights_of(keyed_release))}
+    assert all(c.ok for c in checks.values()), [str(c) for c in checks.values() if not c.ok]
+    assert "= card" in checks["weights resnet18-w4-seed0"].detail
+    tampered = tmp_path / "model.safetensors"
+    content = bytearray(weights_of(keyed_release).read_bytes())
+    content[-1] ^= 1
+    tampered.write_bytes(bytes(content))
+    checks = {c.name: c for c in uge_hf.verify_release(keyed_release, authorized_weights=tampered)}
+    assert not checks["weights resnet18-w4-seed0"].ok and "sha256" in checks["weights resnet18-w4-seed0"].detail
+
+
+def test_authorized_user_needs_the_private_weights(keyed_release):
+    with pytest.raises(UgeError, match="private"):
+        uge_hf.load_authorized(keyed_release)
+    model = uge_hf.load_authorized(keyed_release, weights=private_of(keyed_release))
+    assert isinstance(model.key_stage, torch.nn.Module)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model.key_stage(x), uge_hf.load_key(weights_of(keyed_release))(x))
+    assert torch.equal(model.key_stage(x), uge_hf.load_key(private_of(keyed_release) / "key.json")(x))
+    assert model(x).shape == (2, len(CLASS_NAMES))
+    trained, metrics = uge_hf.train_authorized(keyed_release, weights=weights_of(keyed_release), epochs=1)
+    assert metrics["method"] == "keyed" and metrics["test_accuracy"] is not None
+    assert not torch.equal(trained.backbone.state_dict()["head.weight"], model.backbone.state_dict()["head.weight"])
+
+
+def unsaturated_dataset(rows: int = 24, size: int = 16) -> DatasetDict:
+    """Pixels in [20, 235], so T(x) = x and K(x_u) = K(x) exactly, with a class-dependent colour to learn."""
+    rng = np.random.default_rng(3)
+    labels = [i % len(CLASS_NAMES) for i in range(rows)]
+    pictures = []
+    for label in labels:
+        base = rng.integers(20, 200, (size, size, 3))
+        base[..., label % 3] += 35
+        pictures.append(PILImage.fromarray(base.astype(np.uint8)))
+    features = Features({"picture": Image(), "category": ClassLabel(names=CLASS_NAMES)})
+    return DatasetDict(train=Dataset.from_dict({"picture": pictures, "category": labels}, features=features))
+
+
+def test_the_authorized_network_trains_bit_for_bit_as_on_clean_data(tmp_path):
+    """K(x_u) = K(x): the keyed network's whole trajectory on the release is its trajectory on the clean data."""
+    source = unsaturated_dataset()
+    uge_hf.protect(source, output_dir=tmp_path / "rel", **KEYED_OPTIONS)
+    model = uge_hf.load_authorized(tmp_path / "rel", weights=private_of(tmp_path / "rel"))
+    release = load_release(tmp_path / "rel")["train"]  # straight from the shards: load_dataset may answer from its cache
+    as_tensor = lambda ds: torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ds["picture"]])
+    clean, protected = as_tensor(source["train"]), as_tensor(release)
+    assert not torch.equal(clean, protected)
+    labels = torch.tensor(source["train"]["category"])
+    recipe = Recipe(epochs=2, batch_size=8)
+    on_clean = train_classifier(build_model("resnet18-w4-seed0", 4), clean, labels, recipe, input_stage=model.key_stage)
+    on_release = train_classifier(build_model("resnet18-w4-seed0", 4), protected, labels, recipe, input_stage=model.key_stage)
+    for (name, a), b in zip(on_clean.state_dict().items(), on_release.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name
+    plain = train_classifier(build_model("resnet18-w4-seed0", 4), protected, labels, recipe)  # no key: sees the texture
+    assert not torch.allclose(plain.state_dict()["head.weight"], on_clean.state_dict()["head.weight"], atol=1e-3)
+
+
+def test_a_key_file_protects_more_data_for_the_same_authorized_party(keyed_release, tmp_path):
+    more = DatasetDict(train=make_image_dataset(16, seed=5))
+    uge_hf.protect(more, output_dir=tmp_path / "more", key_file=str(private_of(keyed_release)), **KEYED_OPTIONS)
+    first, second = read_uge_block(keyed_release), read_uge_block(tmp_path / "more")
+    assert first["authorized"][0]["init_sha256"] == second["authorized"][0]["init_sha256"]
+    assert (private_of(tmp_path / "more") / "key.json").read_bytes() == (private_of(keyed_release) / "key.json").read_bytes()
+    with pytest.raises(UgeError, match="tile 4 / groups 6"):
+        uge_hf.protect(more, output_dir=tmp_path / "other", key_file=str(private_of(keyed_release)),
+                       **{**KEYED_OPTIONS, "keyed": {"tile": 8, "groups": 6}})
+    with pytest.raises(UgeError, match="not a uge-hf key file"):
+        (tmp_path / "bad.json").write_text("{}")
+        uge_hf.protect(more, output_dir=tmp_path / "bad", key_file=str(tmp_path / "bad.json"), **KEYED_OPTIONS)
+    with pytest.raises(UgeError, match="output folder"):
+        uge_hf.protect(more, **KEYED_OPTIONS)
+    with pytest.raises(UgeError, match="key file only applies"):
+        uge_hf.protect(more, output_dir=tmp_path / "gm", key_file="x", authorized="resnet18-w4-seed0")
+
+
+def test_push_refuses_key_material(keyed_release, tmp_path):
+    leaky = shutil.copytree(keyed_release, tmp_path / "leaky")
+    shutil.copy(private_of(keyed_release) / "key.json", leaky / "key.json")
+    with pytest.raises(UgeError, match="key material"):
+        uge_hf.push_release(leaky, "me/leaky")
+    with pytest.raises(UgeError, match="key material"):
+        uge_hf.push_release(private_of(keyed_release), "me/leaky")
+    checks = {c.name: c for c in uge_hf.verify_release(leaky)}
+    assert not checks["no key material"].ok and "key.json" in checks["no key material"].detail
+
+
+def test_cli_protect_keyed_and_verify_private_weights(tmp_path):
+    source = tmp_path / "source"
+    DatasetDict(train=make_image_dataset(16, seed=0)).save_to_disk(str(source))
+    runner = CliRunner()
+    out = tmp_path / "rel"
+    result = runner.invoke(app, ["protect", str(source), "--method", "keyed", "--authorized", "resnet18-w4-seed0",
+                                 "--set", "keyed.tile=4", "--set", "keyed.groups=6", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rel.private" in result.output and "keyed" in result.output
+    result = runner.invoke(app, ["verify", str(out), "--authorized-weights", str(private_of(out))])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["protect", str(source), "--method", "nope", "--output", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "unknown method 'nope'" in result.output
