@@ -228,13 +228,19 @@ def test_cli_writes_results_and_updates_the_card(made, tmp_path):
     shutil.copytree(made / "release", release)
     result = CliRunner().invoke(app, [
         "evaluate", str(release), "--clean", str(made / "clean"), "--hacker", "lenet-w2-seed5", "--no-distill",
+        "--attack", "linear-projection", "--no-peak-epoch",
         "--epochs", "1", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--update-card"])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["network"] for r in results["rows"]] == ["resnet18-w4-seed0", "lenet-w2-seed5"]
+    assert [(r["network"], r["scheme"]) for r in results["rows"]] == [
+        ("resnet18-w4-seed0", "Normal"), ("lenet-w2-seed5", "Normal"), ("lenet-w2-seed5", "linear-projection")]
+    assert all(r["peak_clean"] is None and r["peak_protected"] is None for r in results["rows"])  # --no-peak-epoch
     assert (tmp_path / "out" / "results.png").stat().st_size > 0
-    assert "| `lenet-w2-seed5` | hacker | Normal |" in (tmp_path / "out" / "results.md").read_text()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| `lenet-w2-seed5` | hacker | Normal |" in markdown and "| `lenet-w2-seed5` | hacker | Linear proj. |" in markdown
+    assert "peak" not in markdown
     card = DatasetCard.load(release / "README.md")
-    assert [r["network"] for r in card.data.uge["evaluation"]["rows"]] == ["resnet18-w4-seed0", "lenet-w2-seed5"]
+    assert [r["network"] for r in card.data.uge["evaluation"]["rows"]] == ["resnet18-w4-seed0", "lenet-w2-seed5", "lenet-w2-seed5"]
     assert card.data.uge["authorized"][0]["spec"] == "resnet18-w4-seed0"  # the rest of the block is kept
     assert card.text.count("## Evaluation") == 1
+    assert "linear-projection" in CliRunner().invoke(app, ["evaluate", "--help"]).output
