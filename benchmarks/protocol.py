@@ -23,7 +23,8 @@ from datasets import DatasetDict, load_dataset
 import uge_hf
 from uge_hf.card import read_uge_block
 from uge_hf.config import ProtectConfig
-from uge_hf.evaluate import EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol
+from uge_hf.evaluate import (ATTACKS, EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol,
+                             scheme_name)
 
 
 # The paper's ablation rows (its Table 1): the loss weights each variant sets to 0 (the others keep their values).
@@ -50,6 +51,13 @@ def variant_name(base: str, solver: str, ablation: str | None) -> str:
     return "_".join(part.replace("-", "_") for part in parts)
 
 
+# The issue's targets for a hacker row: its protected-data accuracy at most this fraction of its clean-data accuracy,
+# per scheme (a row's scheme: "Normal", "Distill", an attack name such as "linear-projection", an extra network's such
+# as "Wrong key"; "Peak epoch": the best epochs of every Normally trained hacker row). A scheme without an entry is
+# reported but not checked. A protocol may set its own (e.g. {"Normal": 0.3, "Distill": 0.35, "Peak epoch": 0.4}).
+DEFAULT_RATIO_TARGETS = {"Normal": 0.6, "Distill": 0.7}
+
+
 @dataclass
 class Protocol:
     """One benchmark scale: which rows, which networks, how long everything trains."""
@@ -66,6 +74,10 @@ class Protocol:
     # Set for choosing hyper-parameters: the "test" rows are then `test_rows` train rows from this index on, a
     # validation slice after the protected rows, so no test row is ever read.
     validation_start: int | None = None
+    attacks: list[str] = field(default_factory=list)  # EvaluateConfig.attacks (e.g. "linear-projection")
+    attack_hackers: list[str] = field(default_factory=list)  # the hackers that try them (empty: the first hacker)
+    ratio_targets: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIO_TARGETS))  # scheme -> max ratio
+    authorized_margin_points: float = 3.0  # target: authorized protected accuracy >= clean - this many points
 
 
 def load_rows(protocol: Protocol) -> DatasetDict:
@@ -86,22 +98,43 @@ def uniform_noise(images: torch.Tensor, bound: int, seed: int = 0) -> torch.Tens
     return (images.int() + noise).clamp(0, 255).to(torch.uint8)
 
 
+def release_evaluation(protocol: Protocol) -> EvaluateConfig:
+    """What the release is measured with: the protocol's hackers, Distill students and attacks."""
+    return EvaluateConfig(hackers=protocol.hackers, distill_students=protocol.distill_students,
+                          attacks=protocol.attacks, attack_hackers=protocol.attack_hackers or None)
+
+
 def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, timings: dict, from_cache: int) -> list[dict]:
-    """The issue's targets, each with its measured value and whether it holds (None: not measured by this run)."""
+    """The issue's targets, each with its measured value and whether it holds (None: not measured by this run).
+
+    The targets are the protocol's data: `authorized_margin_points` for authorized rows, `ratio_targets` (scheme ->
+    largest protected/clean ratio) for hacker rows, its "Peak epoch" entry for the peaks of Normally trained ones.
+    """
     checks = []
+    margin = protocol.authorized_margin_points
+    peak_ratio = protocol.ratio_targets.get("Peak epoch")
     for row in rows:
         if row.role == "authorized":
-            checks.append({"target": f"authorized {row.network}: protected >= clean - 3 points",
+            checks.append({"target": f"authorized {row.network}: protected >= clean - {margin:g} points",
                            "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
-                           "holds": row.protected >= row.clean - 0.03})
-        elif row.scheme == "Normal":
-            checks.append({"target": f"hacker {row.network} Normal: protected <= 0.6 x clean",
-                           "measured": f"{100 * row.protected:.1f} vs 0.6 x {100 * row.clean:.1f}",
-                           "holds": row.protected <= 0.6 * row.clean})
-        elif row.scheme == "Distill":
-            checks.append({"target": f"Distill {row.network}: protected <= 0.7 x clean-distilled",
-                           "measured": f"{100 * row.protected:.1f} vs 0.7 x {100 * row.clean:.1f}",
-                           "holds": row.protected <= 0.7 * row.clean})
+                           "holds": row.protected >= row.clean - margin / 100})
+            continue
+        name = f"hacker {row.network} {scheme_name(row.scheme)}"
+        ratio = protocol.ratio_targets.get(row.scheme)
+        if ratio is not None:
+            checks.append({"target": f"{name}: protected <= {ratio:g} x clean",
+                           "measured": f"{100 * row.protected:.1f} vs {ratio:g} x {100 * row.clean:.1f}",
+                           "holds": row.protected <= ratio * row.clean})
+        trained_normally = row.scheme != "Distill" and row.scheme not in ATTACKS
+        if peak_ratio is not None and trained_normally:
+            target = f"{name}, peak epoch: best protected epoch <= {peak_ratio:g} x best clean epoch"
+            if row.peak_clean is None or row.peak_protected is None:
+                checks.append({"target": target, "holds": None,
+                               "measured": "not measured: no per-epoch accuracies (a network cached without them)"})
+            else:
+                checks.append({"target": target,
+                               "measured": f"{100 * row.peak_protected:.1f} vs {peak_ratio:g} x {100 * row.peak_clean:.1f}",
+                               "holds": row.peak_protected <= peak_ratio * row.peak_clean})
     for row in noise_rows:
         checks.append({"target": f"noise baseline {row.network}: within 5 points of clean",
                        "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
@@ -136,7 +169,7 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     timings["protect"] = json.loads(protect_timing.read_text())  # a reused release keeps its own run's timing
 
     trainer = Trainer(work_dir / "trained", "cuda" if torch.cuda.is_available() else "cpu")
-    evaluate_config = EvaluateConfig(hackers=protocol.hackers, distill_students=protocol.distill_students)
+    evaluate_config = release_evaluation(protocol)
     evaluation = load_evaluation_data(release, data, evaluate_config)
     t = time.time()
     rows = run_protocol(evaluation, evaluate_config, trainer)

@@ -92,3 +92,38 @@ def test_validation_rows_come_from_after_the_protected_train_rows_never_from_tes
         protocol.load_rows(protocol.Protocol(**settings, validation_start=60))
     cpu = _benchmark_module("cifar10_cpu").cpu_protocol("unused", "replay", [], None, validation=True)
     assert (cpu.name, cpu.train_rows, cpu.validation_start) == ("cifar10_val_replay", 5_000, 8_000)
+
+
+def test_targets_are_the_protocols_data():
+    protocol = _benchmark_module("protocol")
+    from uge_hf.evaluate import Row
+
+    settings = dict(name="t", source="unused", train_rows=1, test_rows=1, protect={}, hackers=[], distill_students=[])
+    plain = protocol.release_evaluation(protocol.Protocol(**settings))
+    assert (plain.attacks, plain.attack_hackers) == ([], None)
+    attacked = protocol.release_evaluation(protocol.Protocol(
+        **settings, attacks=["linear-projection", "grayscale"], attack_hackers=["cnn-seed1"]))
+    assert (attacked.attacks, attacked.attack_hackers) == (["linear-projection", "grayscale"], ["cnn-seed1"])
+    rows = [
+        Row("resnet18-w4-seed0", "authorized", "Normal", 0.70, 0.66, 0.71, 0.67),
+        Row("cnn-seed1", "hacker", "Normal", 0.60, 0.15, 0.62, 0.40),
+        Row("resnet18-w4-seed0", "hacker", "Wrong key", 0.60, 0.30),  # cached without per-epoch accuracies
+        Row("cnn-seed1", "hacker", "Distill", 0.60, 0.40),
+        Row("cnn-seed1", "hacker", "linear-projection", 0.50, 0.25),
+        Row("cnn-seed1", "hacker", "jpeg10", 0.50, 0.40),
+    ]
+
+    def holds(proto):
+        checks = protocol.check_targets(rows, [], proto, {}, 0)
+        return [(c["target"].split(":")[0], c["holds"]) for c in checks]
+
+    # The existing protocol's targets: authorized within 3 points, Normal 0.6, Distill 0.7; nothing else checked.
+    assert holds(protocol.Protocol(**settings)) == [
+        ("authorized resnet18-w4-seed0", False), ("hacker cnn-seed1 Normal", True), ("hacker cnn-seed1 Distill", True)]
+    strict = protocol.Protocol(**settings, authorized_margin_points=5, ratio_targets={
+        "Normal": 0.3, "Wrong key": 0.35, "Distill": 0.35, "Peak epoch": 0.6, "linear-projection": 0.6})
+    assert holds(strict) == [
+        ("authorized resnet18-w4-seed0", True),
+        ("hacker cnn-seed1 Normal", True), ("hacker cnn-seed1 Normal, peak epoch", False),  # 0.40 > 0.6 x 0.62
+        ("hacker resnet18-w4-seed0 Wrong key", False), ("hacker resnet18-w4-seed0 Wrong key, peak epoch", None),
+        ("hacker cnn-seed1 Distill", False), ("hacker cnn-seed1 Linear proj.", True)]

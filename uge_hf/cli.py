@@ -169,13 +169,14 @@ def evaluate(
     clean: Annotated[str, typer.Option(help="The clean dataset it was made from (folder or Hub id); its test split is used")],
     hacker: Annotated[Optional[list[str]], typer.Option(help="Hacker spec; repeat (default: CNN, LeNet, MobileNetV2, ShuffleNetV2, authorized arch with another seed)")] = None,
     distill: Annotated[bool, typer.Option(help="Run the Distill attack")] = True,
-    attack: Annotated[Optional[list[str]], typer.Option(help="jpeg10, grayscale or augment; repeatable")] = None,
+    attack: Annotated[Optional[list[str]], typer.Option(help="jpeg10, grayscale, augment or linear-projection (a linear classifier's directions projected out of train and test images); repeatable")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override the card recipe's epochs")] = None,
     train_rows: Annotated[Optional[int], typer.Option(help="Use the first N training rows")] = None,
     test_rows: Annotated[Optional[int], typer.Option(help="Use the first N test rows")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Where results.{json,md,png} go (default: RELEASE-eval)")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Trained-network cache, shared across releases of the same data")] = None,
     update_card: Annotated[bool, typer.Option(help="Write the results into the release card")] = False,
+    peak_epoch: Annotated[bool, typer.Option(help="Also report each Normal-trained network's best test accuracy over its epochs")] = True,
 ) -> None:
     """Train networks on the clean and the protected data and compare their test accuracy (the paper's Table 1)."""
     from .evaluate import EvaluateConfig, evaluate as run_evaluate, markdown_table, update_card as write_card, write_results
@@ -183,7 +184,7 @@ def evaluate(
     if update_card and not release.is_dir():
         raise UgeError("--update-card writes into a local release folder; evaluate a local copy to update its card")
     config = EvaluateConfig(hackers=hacker or None, distill=distill, attacks=attack or [], epochs=epochs,
-                            train_rows=train_rows, test_rows=test_rows)
+                            train_rows=train_rows, test_rows=test_rows, peak_epoch=peak_epoch)
     rows = run_evaluate(release, clean, config, cache_dir=cache_dir)
     meta = {"release": str(release), "clean": clean, "config": {k: v for k, v in vars(config).items()}}
     folder = write_results(rows, output or release.parent / f"{release.name}-eval", meta)

@@ -6,27 +6,35 @@ tested on the clean test split:
 - the authorized network(s), from the released initial weights;
 - hacker networks (other architectures, and the authorized architecture with another seed): **Normal**;
 - **Distill** (Eq. 10): a student trained by KL to the authorized network that was trained on the same data;
-- **attacks** a hacker may apply before Normal training: JPEG quality 10, grayscale, crop+flip augmentation.
+- **attacks** a hacker may apply before Normal training: JPEG quality 10, grayscale, crop+flip augmentation, and
+  the linear-projection attack (`attacks.py`);
+- optionally, networks the caller builds (`EvaluationData.extra_networks`, e.g. the authorized architecture behind
+  another key's input stage: "Wrong key"), trained Normally.
 
-Every trained network is cached (`cache_dir`, keyed by what determines it: spec, data, recipe, teacher), so a
-killed evaluation resumes without retraining what finished, and clean-data references are shared by every release
-of the same data.
+With `peak_epoch`, Normal-trained networks (authorized, hackers, extra networks) also report the best test accuracy
+over their epochs: what early stopping on that held-out data would get.
+
+Every trained network is cached (`cache_dir`, keyed by what determines it: spec, data, recipe, teacher, input
+stages), so a killed evaluation resumes without retraining what finished, and clean-data references are shared by
+every release of the same data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
 from .data import ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
@@ -35,7 +43,7 @@ from .specs import ModelSpec, build_model
 from .training import accuracy, train_classifier
 
 PAPER_HACKER_ARCHS = ("cnn", "lenet", "mobilenetv2", "shufflenetv2")
-ATTACKS = ("jpeg10", "grayscale", "augment")
+ATTACKS = ("jpeg10", "grayscale", "augment", "linear-projection")
 TEST_SPLITS = ("test", "validation")
 
 
@@ -58,6 +66,7 @@ class EvaluateConfig:
     epochs: int | None = None  # override the recipe's epochs (e.g. for a quick look); None: the card's
     train_rows: int | None = None  # use the first N rows of the protected split (None: all)
     test_rows: int | None = None  # use the first N rows of the test split (None: all)
+    peak_epoch: bool = True  # Normal-trained networks also report their best per-epoch test accuracy
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.attacks) - set(ATTACKS))
@@ -75,9 +84,15 @@ class Row:
 
     network: str
     role: str  # "authorized" or "hacker"
-    scheme: str  # "Normal", "Distill", or an attack name
+    scheme: str  # "Normal", "Distill", an attack name, or an extra network's scheme (e.g. "Wrong key")
     clean: float  # test accuracy when trained on the clean split
     protected: float  # test accuracy when trained on the protected split
+    # Best test accuracy after any epoch (EvaluateConfig.peak_epoch; Normal-trained rows only). Measured on the same
+    # test rows as `clean`/`protected`, so it is what early stopping on those rows would get: an upper bound for a
+    # hacker who holds out clean data (benchmarks pass a validation slice as the test rows). None: not recorded
+    # (peak_epoch off, another scheme, or a network cached by a run that did not record its epochs).
+    peak_clean: float | None = None
+    peak_protected: float | None = None
 
     @property
     def change(self) -> float:
@@ -94,6 +109,17 @@ class EvaluationData:
     recipe: Recipe
     authorized: list[dict]  # the card's authorized entries
     release_dir: Path
+    # Authorized spec -> its input stage (a keyed network's key stage), a fixed module on [0, 1] images applied before
+    # augmentation in training and at test time, and to the teacher's inputs when that network is the Distill teacher.
+    input_stages: dict[str, nn.Module] = field(default_factory=dict)
+    # (scheme, spec, model factory, input stage or None): more networks trained Normally on clean and protected, each
+    # reported as a hacker row named `scheme` (e.g. "Wrong key": the authorized architecture behind another key).
+    extra_networks: list[tuple[str, str, Callable[[], nn.Module], nn.Module | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.input_stages) - {net["spec"] for net in self.authorized})
+        if unknown:
+            raise UgeError(f"input stages for {', '.join(unknown)}, which the card does not authorize")
 
 
 def load_evaluation_data(release_dir: str | Path, clean_source, config: EvaluateConfig) -> EvaluationData:
@@ -134,23 +160,24 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     return EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
 
 
-def jpeg(images: Tensor, quality: int = 10) -> Tensor:
-    """JPEG-compress each uint8 image at `quality` and decode it again."""
-    import numpy as np
-    from PIL import Image
+def stage_fingerprint(stage: nn.Module) -> str:
+    """What identifies an input stage in a cache key: its `fingerprint` attribute (a string naming what determined
+    it) if it has one, else its class, repr and state (parameters and buffers)."""
+    given = getattr(stage, "fingerprint", None)
+    if isinstance(given, str):
+        return given
+    digest = hashlib.sha256(f"{type(stage).__module__}.{type(stage).__qualname__}\n{stage!r}".encode())
+    for name, tensor in stage.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
 
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
-        out.append(torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1))
-    return torch.stack(out)
 
-
-def grayscale(images: Tensor) -> Tensor:
-    """ITU-R 601 luma, replicated to three channels."""
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8).expand_as(images).contiguous()
+def _data_fingerprint(images: Tensor, labels: Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Trainer:
@@ -164,26 +191,61 @@ class Trainer:
         self.loaded_from_cache = 0  # networks trained by an earlier run (a timing of this run then covers less)
 
     def train(self, model: nn.Module, label: str, images: Tensor, labels: Tensor, recipe: Recipe,
-              teacher: tuple[nn.Module, str] | None = None) -> tuple[nn.Module, str]:
-        """Train `model` (or load it from the cache); returns it and its cache key (a teacher's identity)."""
+              teacher: tuple[nn.Module, str] | None = None, input_stage: nn.Module | None = None,
+              teacher_stage: nn.Module | None = None, record_on: tuple[Tensor, Tensor] | None = None,
+              ) -> tuple[nn.Module, str]:
+        """Train `model` (or load it from the cache); returns it and its cache key (a teacher's identity).
+
+        `input_stage` / `teacher_stage` are passed to `train_classifier` and are part of the key. With
+        `record_on=(test_images, test_labels)`, a network trained here records its test accuracy (through
+        `input_stage`) after every epoch, kept beside its weights; `epoch_accuracies` reads it back.
+        """
         key = hashlib.sha256()
         for tensor in (*model.state_dict().values(), images, labels):
             key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         key.update(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
         key.update((teacher[1] if teacher else "").encode())
+        for role, stage in (("input_stage", input_stage), ("teacher_stage", teacher_stage)):
+            if stage is not None:  # absent from the keys of networks without stages: older caches stay valid
+                key.update(f"{role}:{stage_fingerprint(stage)}".encode())
         name = key.hexdigest()[:24]
         path = self.cache_dir / f"{name}.safetensors"
         if path.exists():
             model.load_state_dict(load_file(str(path)))
             self.loaded_from_cache += name not in self.trained_here
             return model.to(self.device), name
+        curve: list[float] = []
+
+        def record(epoch: int, model: nn.Module) -> None:
+            curve.append(accuracy(model, *record_on, self.device, input_stage=input_stage))
+            model.train()  # accuracy() switched it to eval mode; the next epoch trains
+
         train_classifier(model, images, labels, recipe, self.device, description=label,
-                         teacher=teacher[0] if teacher else None)
+                         on_epoch_end=record if record_on is not None else None,
+                         teacher=teacher[0] if teacher else None, input_stage=input_stage, teacher_stage=teacher_stage)
+        if record_on is not None:  # before the weights: weights on disk always come with their curve
+            self._write_curve(name, _data_fingerprint(*record_on), curve)
         partial = path.with_name(path.name + ".partial")
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
         partial.replace(path)
         self.trained_here.add(name)
         return model, name
+
+    def epoch_accuracies(self, key: str, images: Tensor, labels: Tensor) -> list[float] | None:
+        """Test accuracy on (`images`, `labels`) after each epoch of the network cached as `key`; None if the run
+        that trained it did not record them on those rows."""
+        path = self.cache_dir / f"{key}.epochs.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text()).get(_data_fingerprint(images, labels))
+
+    def _write_curve(self, key: str, data: str, curve: list[float]) -> None:
+        path = self.cache_dir / f"{key}.epochs.json"
+        curves = json.loads(path.read_text()) if path.exists() else {}
+        curves[data] = curve
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(curves) + "\n")
+        partial.replace(path)
 
 
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
@@ -202,19 +264,40 @@ def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfi
     return run_protocol(data, config, trainer)
 
 
+class Trained(NamedTuple):
+    """One trained network of the protocol: its final and best per-epoch test accuracy, the model, its cache key."""
+
+    accuracy: float
+    peak: float | None
+    model: nn.Module
+    key: str
+
+
 def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer) -> list[Row]:
-    """The table: authorized, hackers Normal, Distill students, attacks; clean vs protected for each."""
+    """The table: authorized, hackers Normal, extra networks, Distill students, attacks; clean vs protected for each."""
     num_classes = len(data.clean.class_names)
     variants = {"clean": data.clean.images, "protected": data.protected.images}
     labels = data.clean.labels
+    test = (data.test.images, data.test.labels)
 
-    def measure(model_fn, label, images_of, recipe=data.recipe, teacher_of=None) -> dict[str, tuple]:
+    def measure(model_fn, label, images_of=variants, recipe=data.recipe, teacher_of=None, teacher_stage=None,
+                stage_of=None, peak=False) -> dict[str, Trained]:
+        """Train on each variant (through `stage_of[variant]`, if given) and test on the test rows alike."""
+        record = peak and config.peak_epoch
         results = {}
         for variant, images in images_of.items():
-            teacher = teacher_of[variant] if teacher_of else None
-            model, key = trainer.train(model_fn(), f"{label} on {variant}", images, labels, recipe, teacher)
-            results[variant] = (accuracy(model, data.test.images, data.test.labels, trainer.device), model, key)
+            stage = stage_of[variant] if stage_of else None
+            model, key = trainer.train(model_fn(), f"{label} on {variant}", images, labels, recipe,
+                                       teacher_of[variant] if teacher_of else None, input_stage=stage,
+                                       teacher_stage=teacher_stage, record_on=test if record else None)
+            curve = trainer.epoch_accuracies(key, *test) if record else None
+            final = accuracy(model, *test, trainer.device, input_stage=stage)
+            results[variant] = Trained(final, max(curve) if curve else None, model, key)
         return results
+
+    def row(network: str, role: str, scheme: str, results: dict[str, Trained]) -> Row:
+        clean, protected = results["clean"], results["protected"]
+        return Row(network, role, scheme, clean.accuracy, protected.accuracy, clean.peak, protected.peak)
 
     rows: list[Row] = []
     teachers = {}
@@ -229,45 +312,64 @@ def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer)
             model.load_state_dict(weights)
             return model
 
-        results = measure(authorized_model, f"authorized {net['spec']}", variants)
-        rows.append(Row(net["spec"], "authorized", "Normal", results["clean"][0], results["protected"][0]))
-        teachers.setdefault("first", {v: (r[1], r[2]) for v, r in results.items()})
+        stage = data.input_stages.get(net["spec"])
+        results = measure(authorized_model, f"authorized {net['spec']}", stage_of=dict.fromkeys(variants, stage), peak=True)
+        rows.append(row(net["spec"], "authorized", "Normal", results))
+        teachers.setdefault("first", ({v: (r.model, r.key) for v, r in results.items()}, stage))
 
     hackers = config.hackers or default_hackers(data.authorized[0]["spec"])
     for spec in hackers:
-        results = measure(lambda spec=spec: build_model(spec, num_classes), f"hacker {spec}", variants)
-        rows.append(Row(spec, "hacker", "Normal", results["clean"][0], results["protected"][0]))
+        results = measure(lambda spec=spec: build_model(spec, num_classes), f"hacker {spec}", peak=True)
+        rows.append(row(spec, "hacker", "Normal", results))
+
+    for scheme, spec, model_fn, stage in data.extra_networks:
+        results = measure(model_fn, f"{scheme} {spec}", stage_of=dict.fromkeys(variants, stage), peak=True)
+        rows.append(row(spec, "hacker", scheme, results))
 
     if config.distill:
+        teacher_of, teacher_stage = teachers["first"]
         for spec in config.distill_students or hackers[:1]:
-            results = measure(lambda spec=spec: build_model(spec, num_classes), f"distill {spec}", variants,
-                              teacher_of=teachers["first"])
-            rows.append(Row(spec, "hacker", "Distill", results["clean"][0], results["protected"][0]))
+            results = measure(lambda spec=spec: build_model(spec, num_classes), f"distill {spec}",
+                              teacher_of=teacher_of, teacher_stage=teacher_stage)
+            rows.append(row(spec, "hacker", "Distill", results))
 
     for attack in config.attacks:
+        recipe, attacked, stage_of = data.recipe, variants, None
         if attack == "augment":
-            recipe, attacked = dataclasses.replace(data.recipe, augmentation="crop+flip"), variants
+            recipe = dataclasses.replace(data.recipe, augmentation="crop+flip")
+        elif attack == "linear-projection":  # each variant's own linear classifier; the stage also sees test images
+            stage_of = {v: linear_projection_stage(images, labels, num_classes) for v, images in variants.items()}
         else:
             transform = jpeg if attack == "jpeg10" else grayscale
-            recipe, attacked = data.recipe, {variant: transform(images) for variant, images in variants.items()}
+            attacked = {variant: transform(images) for variant, images in variants.items()}
         for spec in config.attack_hackers or hackers[:1]:
-            results = measure(lambda spec=spec: build_model(spec, num_classes), f"{attack} {spec}", attacked, recipe)
-            rows.append(Row(spec, "hacker", attack, results["clean"][0], results["protected"][0]))
+            results = measure(lambda spec=spec: build_model(spec, num_classes), f"{attack} {spec}", attacked, recipe,
+                              stage_of=stage_of)
+            rows.append(row(spec, "hacker", attack, results))
     return rows
 
 
 SCHEME_NAMES = {"Normal": "Normal", "Distill": "Distill", "jpeg10": "JPEG q10", "grayscale": "Grayscale",
-                "augment": "Crop+flip"}
+                "augment": "Crop+flip", "linear-projection": "Linear proj."}
+
+
+def scheme_name(scheme: str) -> str:
+    """The results tables' name of a scheme (an extra network's scheme, e.g. "Wrong key", as given)."""
+    return SCHEME_NAMES.get(scheme, scheme)
 
 
 def markdown_table(rows: list[Row]) -> str:
-    """Rows laid out like the paper's Table 1: network x scheme; clean, protected, change (accuracy %)."""
-    lines = ["| network | role | scheme | clean | protected | change |", "|---|---|---|---|---|---|"]
+    """Rows laid out like the paper's Table 1: network x scheme; clean, protected, change (accuracy %), and the
+    best per-epoch accuracies when any row has them."""
+    peaks = any(r.peak_clean is not None or r.peak_protected is not None for r in rows)
+    header = "| network | role | scheme | clean | protected | change |" + (" peak clean | peak protected |" if peaks else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
-        lines.append(
-            f"| `{row.network}` | {row.role} | {SCHEME_NAMES[row.scheme]} | {100 * row.clean:.1f} | "
-            f"{100 * row.protected:.1f} | {100 * row.change:+.1f} |"
-        )
+        line = (f"| `{row.network}` | {row.role} | {scheme_name(row.scheme)} | {100 * row.clean:.1f} | "
+                f"{100 * row.protected:.1f} | {100 * row.change:+.1f} |")
+        if peaks:
+            line += "".join(" - |" if v is None else f" {100 * v:.1f} |" for v in (row.peak_clean, row.peak_protected))
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -278,7 +380,7 @@ def bar_chart(rows: list[Row], path: str | Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.network}\n{SCHEME_NAMES[r.scheme]}" for r in rows]
+    labels = [f"{r.network}\n{scheme_name(r.scheme)}" for r in rows]
     positions = range(len(rows))
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
     axes.bar([p - 0.2 for p in positions], [100 * r.clean for r in rows], width=0.4, label="trained on clean")
