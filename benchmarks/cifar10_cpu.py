@@ -3,6 +3,7 @@
     python benchmarks/cifar10_cpu.py [--source ../shared/data/cifar10] [--solver generator|per-sample|hybrid|replay]
     python benchmarks/cifar10_cpu.py --ablation unlearn|undistill|without-ud [--solver ...]
     python benchmarks/cifar10_cpu.py --validation [--solver ...]      # for choosing settings: no test rows
+    python benchmarks/cifar10_cpu.py --method keyed                  # the keyed method, with issue 11's attacks
 
 First 10,000 train rows and first 2,000 test rows; authorized resnet18-w16-seed0; surrogate encoder; rho 0.04;
 hackers Normal + Distill; a same-rho uniform-noise baseline (authorized + CNN). Writes
@@ -23,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from protocol import ABLATIONS, Protocol, run, variant_name, variant_settings
-from uge_hf.config import SOLVERS
+from uge_hf.config import METHODS, SOLVERS
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in about this many cosine epochs
@@ -31,6 +32,34 @@ EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in abou
 
 DEFAULT_HACKERS = ["cnn-w16-seed1", "lenet-seed1", "mobilenetv2-w8-seed1", "shufflenetv2-w12-seed1", "resnet18-w16-seed1"]
 ABLATION_HACKERS = ["cnn-w16-seed1", "resnet18-w16-seed1"]  # another architecture and another seed of the authorized one
+
+
+# Issue 11's targets for the keyed method (ratios of protected to clean accuracy per scheme; authorized within 1 point).
+KEYED_TARGETS = {"Normal": 0.3, "No key": 0.3, "Distill": 0.35, "Wrong key": 0.35, "Peak epoch": 0.4,
+                 "grayscale": 0.6, "linear-projection": 0.6, "jpeg10": 0.75}
+KEYED_ATTACKS = ["grayscale", "jpeg10", "linear-projection"]
+
+
+def keyed_protocol(source: str, hackers: list[str], validation: bool = False, keyed: dict | None = None) -> Protocol:
+    """The CPU protocol for the keyed method (no network trained to protect; the attacks of issue 11 evaluated)."""
+    return Protocol(
+        name="cifar10_val_keyed" if validation else "cifar10_cpu_keyed",
+        source=source,
+        train_rows=5_000 if validation else 10_000,
+        test_rows=2_000,
+        validation_start=8_000 if validation else None,
+        protect=dict(method="keyed", authorized=["resnet18-w16-seed0"], rho=0.04, recipe={"epochs": EPOCHS, "batch_size": 128},
+                     keyed=keyed or {}),
+        hackers=hackers,
+        distill_students=["cnn-w16-seed1"],
+        noise_baseline=False,  # the keyed signal is a shortcut by design; same-rho noise is the paper's control
+        limits_minutes={"protect": 2},
+        attacks=KEYED_ATTACKS,
+        attack_hackers=["cnn-w16-seed1"],
+        ratio_targets=KEYED_TARGETS,
+        authorized_margin_points=1.0,
+        key_cost_points=2.0,
+    )
 
 
 def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | None = None, validation: bool = False) -> Protocol:
@@ -57,7 +86,8 @@ def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=str(HERE.parent.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--solver", default="generator", choices=SOLVERS)
+    parser.add_argument("--method", default="gradient-matching", choices=METHODS)
+    parser.add_argument("--solver", default="generator", choices=SOLVERS, help="the gradient-matching method's solver")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="turn loss terms off (the paper's ablation rows)")
     parser.add_argument("--validation", action="store_true",
                         help="choose settings here: 5,000 rows protected, measured on train rows 8,000-9,999, not the test rows")
@@ -67,7 +97,10 @@ def main() -> None:
                         + " (with --ablation: " + " ".join(ABLATION_HACKERS) + ")")
     args = parser.parse_args()
     hackers = args.hacker or (ABLATION_HACKERS if args.ablation or args.validation else DEFAULT_HACKERS)
-    protocol = cpu_protocol(args.source, args.solver, hackers, args.ablation, args.validation)
+    if args.method == "keyed":
+        protocol = keyed_protocol(args.source, args.hacker or DEFAULT_HACKERS, args.validation)
+    else:
+        protocol = cpu_protocol(args.source, args.solver, hackers, args.ablation, args.validation)
     payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh)
     print((HERE / "results" / f"{payload['protocol']['name']}.md").read_text())
 

@@ -23,6 +23,7 @@ from datasets import DatasetDict, load_dataset
 import uge_hf
 from uge_hf.card import read_uge_block
 from uge_hf.config import ProtectConfig
+from uge_hf.private import private_dir_for
 from uge_hf.evaluate import (ATTACKS, EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol,
                              scheme_name)
 
@@ -70,6 +71,7 @@ class Protocol:
     hackers: list[str]  # hacker specs (Normal)
     distill_students: list[str]
     noise_networks: list[str] = field(default_factory=list)  # besides the authorized one, for the noise baseline
+    noise_baseline: bool = True  # train the authorized net (and noise_networks) on same-rho uniform noise
     limits_minutes: dict = field(default_factory=dict)  # cost targets: {"protect": 20, "run": 45}
     # Set for choosing hyper-parameters: the "test" rows are then `test_rows` train rows from this index on, a
     # validation slice after the protected rows, so no test row is ever read.
@@ -78,6 +80,7 @@ class Protocol:
     attack_hackers: list[str] = field(default_factory=list)  # the hackers that try them (empty: the first hacker)
     ratio_targets: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIO_TARGETS))  # scheme -> max ratio
     authorized_margin_points: float = 3.0  # target: authorized protected accuracy >= clean - this many points
+    key_cost_points: float | None = None  # keyed: target authorized clean >= the same backbone without key, clean - this
 
 
 def load_rows(protocol: Protocol) -> DatasetDict:
@@ -135,6 +138,12 @@ def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, ti
                 checks.append({"target": target,
                                "measured": f"{100 * row.peak_protected:.1f} vs {peak_ratio:g} x {100 * row.peak_clean:.1f}",
                                "holds": row.peak_protected <= peak_ratio * row.peak_clean})
+    authorized = next((row for row in rows if row.role == "authorized"), None)
+    plain = next((row for row in rows if row.scheme == "No key"), None)
+    if protocol.key_cost_points is not None and authorized and plain:
+        checks.append({"target": f"key stage cost: authorized clean >= same backbone without key, clean - {protocol.key_cost_points:g} points",
+                       "measured": f"{100 * authorized.clean:.1f} vs {100 * plain.clean:.1f}",
+                       "holds": authorized.clean >= plain.clean - protocol.key_cost_points / 100})
     for row in noise_rows:
         checks.append({"target": f"noise baseline {row.network}: within 5 points of clean",
                        "measured": f"{100 * row.protected:.1f} vs {100 * row.clean:.1f}",
@@ -163,6 +172,7 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     reused = not (fresh or stale or not protect_timing.exists())
     if not reused:
         shutil.rmtree(release, ignore_errors=True)
+        shutil.rmtree(private_dir_for(release), ignore_errors=True)
         t = time.time()
         uge_hf.protect(data, output_dir=release, config=config)
         protect_timing.write_text(json.dumps(time.time() - t))
@@ -170,7 +180,8 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
 
     trainer = Trainer(work_dir / "trained", "cuda" if torch.cuda.is_available() else "cpu")
     evaluate_config = release_evaluation(protocol)
-    evaluation = load_evaluation_data(release, data, evaluate_config)
+    private = private_dir_for(release)
+    evaluation = load_evaluation_data(release, data, evaluate_config, private if private.is_dir() else None)
     t = time.time()
     rows = run_protocol(evaluation, evaluate_config, trainer)
     timings["evaluate"] = time.time() - t
@@ -178,7 +189,8 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     t = time.time()
     noisy = dataclasses.replace(evaluation.protected, images=uniform_noise(evaluation.clean.images, config.pixel_bound))
     noise_config = EvaluateConfig(hackers=protocol.noise_networks, distill=False)
-    noise_rows = run_protocol(dataclasses.replace(evaluation, protected=noisy), noise_config, trainer)
+    noise_rows = run_protocol(dataclasses.replace(evaluation, protected=noisy, extra_networks=[]), noise_config, trainer) \
+        if protocol.noise_baseline else []
     timings["noise_baseline"] = time.time() - t
     timings["run"] = time.time() - start + (timings["protect"] if reused else 0)
 
@@ -217,7 +229,10 @@ def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
     lines = [
         f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {held_out_rows(protocol)}",
         "",
-        f"Solver `{protocol['protect'].get('solver', 'generator')}`, authorized `{protocol['protect']['authorized']}`, "
+        f"Method `{protocol['protect'].get('method', 'gradient-matching')}`"
+        + (f" (key settings {protocol['protect'].get('keyed', 'default')})" if protocol['protect'].get('method') == 'keyed'
+           else f", solver `{protocol['protect'].get('solver', 'generator')}`")
+        + f", authorized `{protocol['protect']['authorized']}`, "
         f"encoder `{protocol['protect'].get('encoder')}`, rho {protocol['protect'].get('rho', 0.04)}. "
         f"Machine: {payload['machine']['cpus']} CPUs, GPU {payload['machine']['gpu']}; torch {payload['versions']['torch']}.",
         "",
@@ -227,7 +242,7 @@ def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
         "",
         "## Uniform-noise baseline, same rho",
         "",
-        markdown_table(noise_rows),
+        markdown_table(noise_rows) if noise_rows else "not run by this protocol",
         "",
         "## Targets",
         "",

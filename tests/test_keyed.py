@@ -154,3 +154,17 @@ def test_cli_protect_keyed_and_verify_private_weights(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["protect", str(source), "--method", "nope", "--output", str(tmp_path / "x")])
     assert result.exit_code == 1 and "unknown method 'nope'" in result.output
+
+
+def test_evaluate_a_keyed_release_with_its_private_weights(keyed_release, tmp_path):
+    from uge_hf.evaluate import EvaluateConfig, evaluate
+
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+    config = EvaluateConfig(hackers=["lenet-w2-seed1"], distill=True, epochs=1, peak_epoch=False)
+    with pytest.raises(UgeError, match="private"):
+        evaluate(keyed_release, source, config, cache_dir=tmp_path / "cache")
+    rows = evaluate(keyed_release, source, config, cache_dir=tmp_path / "cache", authorized_weights=private_of(keyed_release))
+    schemes = [(r.role, r.scheme) for r in rows]
+    assert schemes == [("authorized", "Normal"), ("hacker", "Normal"), ("hacker", "Wrong key"), ("hacker", "No key"),
+                       ("hacker", "Distill")]
+    assert all(0 <= r.clean <= 1 and 0 <= r.protected <= 1 for r in rows)

@@ -176,6 +176,7 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option(help="Where results.{json,md,png} go (default: RELEASE-eval)")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Trained-network cache, shared across releases of the same data")] = None,
     update_card: Annotated[bool, typer.Option(help="Write the results into the release card")] = False,
+    authorized_weights: Annotated[Optional[Path], typer.Option(help="Private authorized weights of a keyed release (model.safetensors or the OUTPUT.private folder)")] = None,
     peak_epoch: Annotated[bool, typer.Option(help="Also report each Normal-trained network's best test accuracy over its epochs")] = True,
 ) -> None:
     """Train networks on the clean and the protected data and compare their test accuracy (the paper's Table 1)."""
@@ -185,7 +186,7 @@ def evaluate(
         raise UgeError("--update-card writes into a local release folder; evaluate a local copy to update its card")
     config = EvaluateConfig(hackers=hacker or None, distill=distill, attacks=attack or [], epochs=epochs,
                             train_rows=train_rows, test_rows=test_rows, peak_epoch=peak_epoch)
-    rows = run_evaluate(release, clean, config, cache_dir=cache_dir)
+    rows = run_evaluate(release, clean, config, cache_dir=cache_dir, authorized_weights=authorized_weights)
     meta = {"release": str(release), "clean": clean, "config": {k: v for k, v in vars(config).items()}}
     folder = write_results(rows, output or release.parent / f"{release.name}-eval", meta)
     if update_card:

@@ -21,6 +21,7 @@ every release of the same data.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -38,6 +39,7 @@ from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
 from .data import ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
+from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
 from .release import load_release
 from .specs import ModelSpec, build_model
 from .training import accuracy, train_classifier
@@ -67,6 +69,7 @@ class EvaluateConfig:
     train_rows: int | None = None  # use the first N rows of the protected split (None: all)
     test_rows: int | None = None  # use the first N rows of the test split (None: all)
     peak_epoch: bool = True  # Normal-trained networks also report their best per-epoch test accuracy
+    wrong_key: bool = True  # keyed releases: also train the authorized backbone behind another key, and without one
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.attacks) - set(ATTACKS))
@@ -116,14 +119,23 @@ class EvaluationData:
     # reported as a hacker row named `scheme` (e.g. "Wrong key": the authorized architecture behind another key).
     extra_networks: list[tuple[str, str, Callable[[], nn.Module], nn.Module | None]] = field(default_factory=list)
 
+    # Authorized spec -> its backbone with the checked initial weights (`uge_hf.authorized.weight_problems`).
+    authorized_networks: dict[str, nn.Module] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         unknown = sorted(set(self.input_stages) - {net["spec"] for net in self.authorized})
         if unknown:
             raise UgeError(f"input stages for {', '.join(unknown)}, which the card does not authorize")
 
 
-def load_evaluation_data(release_dir: str | Path, clean_source, config: EvaluateConfig) -> EvaluationData:
-    """Read the release's protected split and the matching clean rows and test split of `clean_source`."""
+def load_evaluation_data(release_dir: str | Path, clean_source, config: EvaluateConfig,
+                         authorized_weights: str | os.PathLike | None = None) -> EvaluationData:
+    """Read the release's protected split, the matching clean rows and test split of `clean_source`, and the authorized
+    networks (public weights from the release; private ones from `authorized_weights`, a file or private folder), each
+    checked against the card. A keyed release adds its key stage as the authorized network's input stage, and, with
+    `config.wrong_key`, a "Wrong key" row (the same backbone behind another key's stage) and a "No key" row (the same
+    backbone and init without the key stage: what the spec alone gives a hacker, and the plain clean reference).
+    """
     from .card import read_uge_block
 
     from .hub import fetch_release
@@ -157,7 +169,33 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     if config.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=config.epochs)
     test = tensors(clean_splits[test_name], config.test_rows)
-    return EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
+    data = EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
+    for net in uge["authorized"]:
+        content = read_weights(release_dir, net, authorized_weights)
+        problems = weight_problems(net, content)
+        if problems:
+            raise UgeError("; ".join(problems))
+        model = build_authorized(net, content)
+        if isinstance(model, KeyedNetwork):
+            data.input_stages[net["spec"]] = model.key_stage
+            model = model.backbone
+        data.authorized_networks[net["spec"]] = model
+    if uge["method"] == "keyed" and config.wrong_key:
+        net = uge["authorized"][0]
+        backbone = data.authorized_networks[net["spec"]]
+        wrong = wrong_key_stage(data.input_stages[net["spec"]], len(names))
+        data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), wrong),
+                                ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
+    return data
+
+
+def wrong_key_stage(stage: nn.Module, num_classes: int) -> nn.Module:
+    """A key stage of the same geometry from another key (a fixed, public one: the attacker knows the method, not the key)."""
+    from .key import KeyGeometry, SecretKey
+
+    tile, groups = stage.geometry.tolist()
+    secret = hashlib.sha256(f"uge-hf wrong key {tile} {groups}".encode()).digest()
+    return SecretKey(secret, KeyGeometry(stage.channels, tile, groups), num_classes).stage()
 
 
 def stage_fingerprint(stage: nn.Module) -> str:
@@ -249,14 +287,16 @@ class Trainer:
 
 
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
-             cache_dir: str | Path | None = None, device: torch.device | str | None = None) -> list[Row]:
+             cache_dir: str | Path | None = None, device: torch.device | str | None = None,
+             authorized_weights: str | os.PathLike | None = None) -> list[Row]:
     """Train every network of `config` on the clean and the protected data; return the table's rows.
 
     `release_dir` is a release folder or Hub id. Trained networks are cached in `cache_dir` (default: beside a
-    local release, else in the working directory).
+    local release, else in the working directory). `authorized_weights`: private authorized weights (a keyed
+    release's `model.safetensors` or `OUTPUT.private` folder), checked against the card.
     """
     config = config or EvaluateConfig()
-    data = load_evaluation_data(release_dir, clean_source, config)
+    data = load_evaluation_data(release_dir, clean_source, config, authorized_weights)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = Path(os.fspath(release_dir)).name
     default_cache = Path(release_dir).parent / f"{name}.eval-cache" if Path(release_dir).is_dir() else Path(f"{name}.eval-cache")
@@ -302,16 +342,8 @@ def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer)
     rows: list[Row] = []
     teachers = {}
     for net in data.authorized:
-        weights = load_file(str(data.release_dir / net["weights"]))
-        released_hash = hashlib.sha256((data.release_dir / net["weights"]).read_bytes()).hexdigest()
-        if released_hash != net["init_sha256"]:
-            raise UgeError(f"{net['weights']} does not match the card's init_sha256: the release was altered")
-
-        def authorized_model(spec=net["spec"], weights=weights):
-            model = build_model(spec, num_classes)
-            model.load_state_dict(weights)
-            return model
-
+        checked = data.authorized_networks[net["spec"]]
+        authorized_model = lambda checked=checked: copy.deepcopy(checked)
         stage = data.input_stages.get(net["spec"])
         results = measure(authorized_model, f"authorized {net['spec']}", stage_of=dict.fromkeys(variants, stage), peak=True)
         rows.append(row(net["spec"], "authorized", "Normal", results))
