@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -136,18 +137,10 @@ def test_ssim():
 # --- Inspect a release ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    """A real (tiny) release folder: card, shards, authorized weights, preview (~3 s)."""
-    import uge_hf
-    from datasets import DatasetDict
-
-    from .conftest import TINY_OPTIONS, make_image_dataset
-
-    output = tmp_path_factory.mktemp("inspect") / "release"
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
-    return output
+@pytest.fixture
+def release(tiny_release) -> Path:
+    """The suite's shared tiny release (conftest): card, shards, authorized weights, preview."""
+    return tiny_release
 
 
 def test_inspect_shows_card_preview_results_and_checks(release):
@@ -158,6 +151,18 @@ def test_inspect_shows_card_preview_results_and_checks(release):
     assert "perturbation / train / linf_levels" in results and "authorized / resnet18-w4-seed0 / clean_train_accuracy" in results
     assert "Card checks: passed" in checks and "FAIL -" not in checks
     assert "**verify: passed**" in checks and "PASS - images train" in checks
+
+
+def test_inspect_a_keyed_release_shows_the_method_and_no_public_key(keyed_release, tmp_path):
+    summary, _, results, checks, message = demo.inspect_handler(str(keyed_release))
+    assert message == "Release read: card checks passed, verify passed.", message
+    assert "**method**: keyed" in summary and "not** public" in summary
+    assert "PASS - resnet18-w4-seed0: weights are private" in checks and "PASS - no key material in the release" in checks
+    assert "invariance / images_over_tolerance | 0" in results
+    leaky = Path(shutil.copytree(keyed_release, tmp_path / "leaky"))
+    shutil.copy(keyed_release.parent / f"{keyed_release.name}.private" / "key.json", leaky / "key.json")
+    *_, checks, message = demo.inspect_handler(str(leaky))
+    assert "FAIL - no key material in the release" in checks and "card checks FAILED" in message
 
 
 def test_inspect_flags_weights_that_do_not_match_the_card(release, tmp_path):
@@ -237,6 +242,7 @@ def test_page_protects_an_upload_within_the_bound(server, browser, release, tmp_
     page.wait_for_function("document.querySelector('#protect-message textarea').value.startsWith('Protected')")
     page.locator("#metrics").get_by_text("SSIM").wait_for()
     assert "floor(0.02 x 255) = 5" in page.inner_text("#metrics")
+    assert "keyed" in page.inner_text("#metrics")  # the page's default method
     for output in ("#original", "#noise", "#protected"):
         page.locator(f"{output} img").first.wait_for()
 
@@ -285,3 +291,17 @@ def test_demo_command_without_a_generator_is_a_one_line_error(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--assets", str(tmp_path)])
     assert result.exit_code == 1 and "no demo generator in" in result.output
+
+
+def test_keyed_protection_of_an_upload_stays_in_the_key_subspace(tmp_path):
+    from uge_hf.methods.keyed import load_secret_key
+
+    upload = random_image(tmp_path / "up.png", 37, 45)
+    result = demo.protect_image(upload, 0.04, demo.load_assets(SPACES), method="keyed", label="cat")
+    assert result.method == "keyed" and np.abs(result.protected.astype(int) - result.original).max() <= 10
+    stage = load_secret_key(SPACES / demo.DEMO_KEY).stage()
+    as_tensor = lambda a: torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1)[None]
+    adjusted = np.clip(result.original.astype(np.int64), 5, 250)  # T(x) at bound 10
+    assert torch.allclose(stage(as_tensor(result.protected)), stage(as_tensor(adjusted)), atol=1e-9)
+    outputs = demo.protect_handler(str(upload), 0.04, SPACES, "keyed", "not-a-class")
+    assert outputs[5].startswith("Could not protect") and "unknown class" in outputs[5]

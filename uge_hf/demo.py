@@ -12,7 +12,6 @@ gradio is an optional dependency (`pip install uge-hf[demo]`), imported only by 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -113,6 +112,11 @@ def _load_assets(folder: Path) -> DemoAssets:
 # Protect an image
 
 
+DEMO_KEY = "demo-key.json"  # a public key for the page (it authorizes nothing of value): tile 8, 10 groups, 10 classes
+DEMO_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DEMO_METHODS = ("keyed", "gradient-matching")
+
+
 @dataclass
 class Protection:
     """One protected upload: uint8 H x W x 3 arrays, the figures, and the lossless PNG to download."""
@@ -124,6 +128,7 @@ class Protection:
     metrics: dict[str, float]
     png_path: Path
     notes: list[str] = field(default_factory=list)
+    method: str = "gradient-matching"
 
     @property
     def noise(self) -> np.ndarray:
@@ -219,17 +224,34 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> 
     return s.mean().item()
 
 
-def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: str | None = None) -> Protection:
-    """Protect one upload with the demo's generator at `rho` (clamped to +-rho after generating, then quantised
-    so that every pixel is within floor(rho * 255) levels of the upload). Raises UgeError for bad input."""
+def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: str | None = None,
+                  method: str = "gradient-matching", label: str = DEMO_CLASSES[0]) -> Protection:
+    """Protect one upload at `rho`: every pixel ends within floor(rho * 255) levels of the upload.
+
+    `method` "gradient-matching": the demo's generator (clamped to +-rho after generating, then quantised);
+    "keyed": the keyed method with the page's public demo key, as an image of class `label`. Raises UgeError for
+    bad input.
+    """
     from .apply import perturbation_stats, protect_images
 
     assets = assets or load_assets()
+    if method not in DEMO_METHODS:
+        raise UgeError(f"unknown method {method!r}: the demo runs {', '.join(DEMO_METHODS)}")
     rho = check_rho(rho, assets.rho)
     original, notes = load_upload(image)
     pixel_bound = math.floor(rho * 255 + 1e-9)
     source = torch.from_numpy(original).permute(2, 0, 1).unsqueeze(0).contiguous()
-    protected = protect_images(assets.generator, source, rho, pixel_bound, "cpu")
+    if method == "keyed":
+        from .key import protect_keyed
+        from .methods.keyed import load_secret_key
+
+        if label not in DEMO_CLASSES:
+            raise UgeError(f"unknown class {label!r}: the demo key has {', '.join(DEMO_CLASSES)}")
+        keyed = protect_keyed(source, torch.tensor([DEMO_CLASSES.index(label)]), load_secret_key(assets.folder / DEMO_KEY), pixel_bound)
+        protected = keyed.images
+        notes.append(f"keyed: invariance residual |K(x_u) - K(T(x))| = {keyed.invariance_levels.max().item():.1e} levels")
+    else:
+        protected = protect_images(assets.generator, source, rho, pixel_bound, "cpu")
     protected_array = protected[0].permute(1, 2, 0).contiguous().numpy()
     metrics = perturbation_stats(source, protected)
     metrics["ssim"] = round(ssim(original, protected_array), 4)
@@ -238,7 +260,7 @@ def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: 
     stem = re.sub(r"[^\w.-]+", "_", name or "image")[:80] or "image"
     png_path = Path(tempfile.mkdtemp(dir=_output_dir())) / f"{stem}-protected.png"
     Image.fromarray(protected_array, "RGB").save(png_path, format="PNG")  # lossless: what you see is what you get
-    return Protection(original, protected_array, rho, pixel_bound, metrics, png_path, notes)
+    return Protection(original, protected_array, rho, pixel_bound, metrics, png_path, notes, method)
 
 
 def _output_dir(keep_seconds: float = 3600) -> Path:
@@ -269,6 +291,7 @@ def metrics_markdown(result: Protection) -> str:
         f"| PSNR | {m['psnr_db']} dB |",
         f"| SSIM | {m['ssim']} |",
         f"| size | {result.original.shape[1]}x{result.original.shape[0]} px |",
+        f"| method | {result.method} |",
     ]
     notes = list(result.notes)
     if factor > 1:
@@ -279,10 +302,11 @@ def metrics_markdown(result: Protection) -> str:
 ProtectOutputs = tuple  # (original, noise, protected, metrics markdown, png path, message)
 
 
-def protect_handler(image: Any, rho: Any, assets_dir: str | os.PathLike | None = None) -> ProtectOutputs:
+def protect_handler(image: Any, rho: Any, assets_dir: str | os.PathLike | None = None,
+                    method: str = "gradient-matching", label: str = DEMO_CLASSES[0]) -> ProtectOutputs:
     """The "Protect" button: the six outputs of the tab; a bad input gives empty images and a message."""
     try:
-        result = protect_image(image, rho, load_assets(assets_dir))
+        result = protect_image(image, rho, load_assets(assets_dir), method=method, label=label)
     except UgeError as error:
         _warn(str(error))
         return None, None, None, "", None, f"Could not protect: {error}"
@@ -340,28 +364,29 @@ def resolve_release(ref: Any) -> Path:
 
 
 def card_checks(folder: Path, uge: dict) -> list[tuple[str, bool, str]]:
-    """Checks the card allows without the data: each authorized file's sha256 against the card's init_sha256,
-    and against the weights rebuilt from the spec (what `uge-hf init-hash` prints)."""
-    from .specs import init_sha256
+    """Checks the card allows without the data: each public authorized file against the card's sha256 and the spec
+    rebuilt here (`uge_hf.authorized.weight_problems`); private weights (keyed) are not in a release, and no key
+    material may be."""
+    from .authorized import read_weights, weight_problems
+    from .verify import key_material
 
     checks = []
     for net in uge.get("authorized", []):
-        spec, expected = net.get("spec", "?"), net.get("init_sha256", "")
-        path = folder / net.get("weights", f"authorized/{spec}.safetensors")
-        if not path.is_file():
-            checks.append((f"{spec}: weights file", False, f"{path.relative_to(folder)} is missing"))
+        spec = net.get("spec", "?")
+        if net.get("private"):
+            checks.append((f"{spec}: weights are private", True,
+                           f"not in the release; the card's sha256 {str(net.get('init_sha256'))[:16]}... checks a copy"))
             continue
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        checks.append((f"{spec}: sha256 of {path.relative_to(folder)} == card's init_sha256", actual == expected,
-                       f"file {actual[:16]}..., card {expected[:16]}..."))
         try:
-            rebuilt = init_sha256(spec, int(net["num_classes"]))
-            checks.append((f"{spec}: card's init_sha256 == weights rebuilt from the spec", rebuilt == expected,
-                           f"rebuilt {rebuilt[:16]}..."))
+            problems = weight_problems(net, read_weights(folder, net))
         except Exception as error:
-            checks.append((f"{spec}: rebuild from the spec", False, str(error)))
+            checks.append((f"{spec}: weights file", False, str(error)))
+            continue
+        checks.append((f"{spec}: weights == card's init_sha256 == spec rebuilt here", not problems, "; ".join(problems) or "match"))
     if not checks:
         checks.append(("authorized networks listed in the card", False, "none"))
+    found = key_material(folder)
+    checks.append(("no key material in the release", not found, ", ".join(found) or "none found"))
     return checks
 
 
@@ -401,16 +426,23 @@ def summary_markdown(inspection: Inspection) -> str:
             f"{n.get('num_classes')} classes; init sha256 `{n.get('init_sha256')}`" for n in uge.get("authorized", [])]
     encoder = uge.get("encoder") or {}
     size = (uge.get("input") or {}).get("image_size")
+    keyed = uge.get("method") == "keyed"
     lines = [
         f"### {inspection.ref}",
+        f"- **method**: {uge.get('method', 'gradient-matching')}"
+        + (" (the authorized network's secret key stage removes the perturbation; the key is **not** public: "
+           "authorized weights come from the publisher, the card holds their sha256)" if keyed else
+           " (the paper's UGE; the authorized initial weights are public, in the release)"),
         f"- **rho**: {uge.get('rho')} (every pixel within {uge.get('pixel_bound')} levels of its source)",
-        f"- **encoder**: {encoder.get('name')}" + (f" @ {encoder['revision']}" if encoder.get("revision") else ""),
+        (f"- **key**: {uge.get('key')}" if keyed else
+         f"- **encoder**: {encoder.get('name')}" + (f" @ {encoder['revision']}" if encoder.get("revision") else "")),
         f"- **protected splits**: {', '.join(uge.get('protected_splits', []))}; image size {size}; "
         f"{len(uge.get('class_names', []))} classes; seed {uge.get('seed')}; uge-hf {uge.get('uge_hf_version')}",
         f"- **generator released**: {uge.get('generator_released')}"
         + (" (anyone can make (x, x_u) pairs with it and learn to undo the protection)" if uge.get("generator_released") else ""),
         "",
-        "**Authorized networks** (train from `authorized/SPEC.safetensors` with the card's recipe)",
+        ("**Authorized networks** (private: key stage + backbone, from the publisher)" if keyed else
+         "**Authorized networks** (train from `authorized/SPEC.safetensors` with the card's recipe)"),
         "",
         *nets,
     ]
@@ -515,6 +547,10 @@ def _protect_intro(assets: DemoAssets) -> str:
 Upload an image (or pick a sample below), choose rho and press **Protect**: you get the protected image, the
 noise that was added (amplified: mid-grey is zero, white/black is +-bound) and how far it is from your image.
 
+**keyed** (default) adds the keyed method's class texture (8x8 tiles, a sign per tile) with this page's public demo
+key (`{DEMO_KEY}`; a real release draws a secret key and keeps it in `OUTPUT.private/`): the authorized network's key
+stage removes it exactly. **gradient-matching** runs the paper's generator:
+
 {origin}
 
 **rho**: G was trained at rho = {assets.rho} and outputs rho * tanh(...), so its perturbation never exceeds
@@ -556,6 +592,9 @@ def build_app(assets_dir: str | os.PathLike | None = None) -> "gr.Blocks":  # no
                         info=f"{assets.rho} = the training value ({math.floor(assets.rho * 255 + 1e-9)} levels); smaller clamps G's output",
                         elem_id="rho",
                     )  # fmt: skip
+                    method = gr.Radio(list(DEMO_METHODS), value="keyed", label="method", elem_id="method",
+                                      info="keyed: a class texture in the (public) demo key's subspace; gradient-matching: the demo generator")
+                    label = gr.Dropdown(list(DEMO_CLASSES), value=DEMO_CLASSES[0], label="class of the image (keyed)", elem_id="label")
                     protect_button = gr.Button("Protect", variant="primary", elem_id="protect")
                     message = gr.Textbox(label="Message", interactive=False, elem_id="protect-message")
             if assets.samples:
@@ -568,8 +607,8 @@ def build_app(assets_dir: str | os.PathLike | None = None) -> "gr.Blocks":  # no
                 metrics = gr.Markdown(elem_id="metrics")
                 download = gr.File(label="Protected PNG (lossless, full size)", interactive=False, elem_id="download")
             protect_button.click(
-                lambda image, value: protect_handler(image, value, folder),
-                inputs=[upload, rho], outputs=[original, noise, protected, metrics, download, message],
+                lambda image, value, chosen, name: protect_handler(image, value, folder, chosen, name),
+                inputs=[upload, rho, method, label], outputs=[original, noise, protected, metrics, download, message],
                 api_name="protect",
             )  # fmt: skip
 
