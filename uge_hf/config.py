@@ -74,7 +74,9 @@ class KeyedSettings:
 
     tile: int = 8  # side in pixels of the square regions S is tiled over (the texture's period)
     groups: int = 10  # dimensions of S per region (C * tile * tile positions split into this many +-1 patterns)
-    signs: str = "random"  # "random": a sign per image and region (no class mean for a linear attack); "fixed"
+    # "random": a sign per image and region; "image": one per image (both leave no class mean for a linear attack);
+    # "fixed": none (the class mean is the texture itself)
+    signs: str = "random"
     amplitude: int | None = None  # largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)
     pull: int | None = None  # levels T(x) moves pixels near 0/255 inward so they can carry +-delta; None: bound // 2
 

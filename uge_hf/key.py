@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .errors import UgeError
 
 KEY_BYTES = 32  # 256-bit keys, drawn with `secrets`
-SIGN_MODES = ("random", "fixed")
+SIGN_MODES = ("random", "image", "fixed")  # a sign per image and region / per image / none
 
 
 def new_secret() -> bytes:
@@ -209,7 +209,7 @@ def protect_keyed(
         key: the secret key.
         pixel_bound: the L-inf bound in 8-bit levels (floor(rho * 255)).
         first_row: index of images[0] in its split (the per-row signs depend on it, not on the batching).
-        signs: "random" (a sign per image and region) or "fixed" (+1 everywhere).
+        signs: "random" (a sign per image and region), "image" (one sign per image) or "fixed" (+1 everywhere).
         amplitude: largest |delta| in levels; None: pixel_bound.
         pull: levels T moves pixels near 0 / 255 inward; None: pixel_bound // 2 (the most a +-delta can then
             carry at a saturated pixel is min(pull, pixel_bound - pull)).
@@ -234,7 +234,12 @@ def protect_keyed(
     t = stage.regions(adjusted)  # (N, rows, cols, D) int32
     n, rows, cols, _ = t.shape
     codes = key.class_codes()[labels]  # (N, groups)
-    eta = key.region_signs(first_row, n, rows, cols) if signs == "random" else torch.ones(n, rows, cols, dtype=torch.int32)
+    if signs == "fixed":
+        eta = torch.ones(n, rows, cols, dtype=torch.int32)
+    elif signs == "image":  # one sign for the whole image: the texture stays periodic
+        eta = key.region_signs(first_row, n, 1, 1).expand(n, rows, cols)
+    else:
+        eta = key.region_signs(first_row, n, rows, cols)
     # Direction of every pixel: eta_r * eps_{y, g(i)} * b_i, all +-1.
     direction = eta[..., None] * codes[:, None, None, stage.group_of] * stage.sign.to(torch.int32)
     room = torch.where(direction > 0, stage.regions(high) - t, t - stage.regions(low))  # levels it can move

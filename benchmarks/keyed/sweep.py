@@ -38,7 +38,7 @@ AUTHORIZED = "resnet18-w16-seed0"
 BOUND = 10  # rho = 0.04
 
 # tTILE gGROUPS SIGNS [aAMPLITUDE] [pPULL]: e.g. t8g10-random, t8g10-fixed-a6, t4g6-random-p3
-VARIANT = re.compile(r"t(?P<tile>\d+)g(?P<groups>\d+)-(?P<signs>random|fixed)(?:-a(?P<amplitude>\d+))?(?:-p(?P<pull>\d+))?(?P<auth>\+auth)?")
+VARIANT = re.compile(r"t(?P<tile>\d+)g(?P<groups>\d+)-(?P<signs>random|image|fixed)(?:-a(?P<amplitude>\d+))?(?:-p(?P<pull>\d+))?(?P<auth>\+auth)?")
 
 
 def rows():
