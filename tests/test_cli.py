@@ -89,12 +89,13 @@ def test_two_processes_with_torchrun(tmp_path):
         "ds = datasets.DatasetDict(train=make_image_dataset(32, seed=0))\n"
         "out = uge_hf.protect(ds, output_dir=sys.argv[1], **TINY_OPTIONS)\n"
         "assert dist.is_initialized() and dist.get_world_size() == 2\n"
-        "print('rank', dist.get_rank(), 'returned', type(out).__name__)\n"
+        "open(f'{sys.argv[2]}/rank{dist.get_rank()}.txt', 'w').write(type(out).__name__)\n"
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     env = {**os.environ, "UGE_HF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*torchrun, str(script), str(tmp_path / "release")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([*torchrun, str(script), str(tmp_path / "release"), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "rank 0 returned DatasetDict" in done.stdout and "rank 1 returned NoneType" in done.stdout
+    # One file per rank: the two processes' stdout can interleave ("rankrank 0 returned ...").
+    assert (tmp_path / "rank0.txt").read_text() == "DatasetDict" and (tmp_path / "rank1.txt").read_text() == "NoneType"
     assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
