@@ -14,6 +14,7 @@ from huggingface_hub import DatasetCard
 import uge_hf
 from uge_hf import solver
 from uge_hf.errors import UgeError
+from uge_hf.release import load_release
 from uge_hf.specs import init_sha256
 
 from .conftest import TINY_OPTIONS
@@ -245,3 +246,25 @@ def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path)
     uge = DatasetCard.load(tmp_path / "bf16" / "README.md").data.to_dict()["uge"]
     assert uge["config"]["mixed_precision"] == "bf16"
     assert uge["results"]["perturbation"]["train"]["linf_levels"] <= uge["pixel_bound"]
+
+
+# --- issue 12: the bound by construction, releases that stand alone, odd inputs up front ---------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_array_images_are_protected_as_the_user_sees_them(tmp_path, dtype):
+    """Grayscale arrays (datasets stores float32 as mode "F", int64 as "I"): released within the bound of the
+    arrays' own 8-bit view, not of a near-black conversion; verify --original agrees."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    rng = np.random.default_rng(0)
+    levels = [rng.integers(0, 256, (16, 16)) for _ in range(16)]
+    arrays = [(a / 255).astype(np.float32) if dtype == "float32" else a.astype(np.int64) for a in levels]
+    source = Dataset.from_dict({"image": arrays, "label": [i % 2 for i in range(16)]},
+                               features=Features({"image": Image(), "label": ClassLabel(names=["a", "b"])}))
+    output = tmp_path / "release"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    for seen, image in zip(levels, load_release(output)["train"]["image"]):
+        released = np.asarray(image, dtype=np.int16)
+        assert np.abs(released - seen[..., None]).max() <= 10
+    assert all(check.ok for check in uge_hf.verify_release(output, original=source))
