@@ -99,3 +99,23 @@ def test_two_processes_with_torchrun(tmp_path):
     # One file per rank: the two processes' stdout can interleave ("rankrank 0 returned ...").
     assert (tmp_path / "rank0.txt").read_text() == "DatasetDict" and (tmp_path / "rank1.txt").read_text() == "NoneType"
     assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
+
+
+def test_odd_inputs_are_one_line_errors_before_any_training(tmp_path):
+    """Images under 16 px, and a test split whose label is not a training class: one line, nothing written."""
+    from datasets import Dataset
+
+    folder = tmp_path / "small"
+    make_image_dataset(8, size=8).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    result = runner.invoke(app, ["protect", str(folder), *TINY_FLAGS, "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "pass --image-size 16" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.uge-work").exists()
+
+    folder = tmp_path / "strings"
+    for split, labels in (("train", ["a", "b"] * 4), ("test", ["a", "c"])):
+        rows = make_image_dataset(len(labels), extra_column=False).remove_columns("category").add_column("label", labels)
+        Dataset.from_dict(rows.to_dict(), features=rows.features).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    result = runner.invoke(app, ["protect", str(folder), *TINY_FLAGS, "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "split 'test', row 1, column 'label': label 'c' is not one of the 2 classes of split 'train'" in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.uge-work").exists()

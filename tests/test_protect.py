@@ -251,6 +251,22 @@ def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path)
 # --- issue 12: the bound by construction, releases that stand alone, odd inputs up front ---------------------
 
 
+def test_an_unlabelled_test_split_is_copied_unchanged(tmp_path):
+    from datasets import DatasetDict
+
+    from .conftest import make_image_dataset
+
+    test = make_image_dataset(6, seed=1).map(lambda row: {"category": -1})
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=test)
+    output = tmp_path / "release"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    released = load_release(output)
+    assert released["test"]["category"] == [-1] * 6
+    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    assert uge["results"]["test_split"] is None and uge["results"]["authorized"][0]["clean_test_accuracy"] is None
+    assert all(check.ok for check in uge_hf.verify_release(output, original=source))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int64"])
 def test_array_images_are_protected_as_the_user_sees_them(tmp_path, dtype):
     """Grayscale arrays (datasets stores float32 as mode "F", int64 as "I"): released within the bound of the
@@ -268,3 +284,17 @@ def test_array_images_are_protected_as_the_user_sees_them(tmp_path, dtype):
         released = np.asarray(image, dtype=np.int16)
         assert np.abs(released - seen[..., None]).max() <= 10
     assert all(check.ok for check in uge_hf.verify_release(output, original=source))
+
+
+def test_a_broken_image_in_a_copied_split_fails_before_any_training(tiny_dataset, tmp_path, monkeypatch):
+    from datasets import DatasetDict, Image
+
+    from uge_hf import pipeline
+
+    test = tiny_dataset["test"].cast_column("picture", Image(decode=False))
+    test = test.map(lambda row, i: {"picture": {"bytes": b"broken" if i == 3 else row["picture"]["bytes"], "path": None}},
+                    with_indices=True).cast_column("picture", Image())
+    monkeypatch.setattr(pipeline, "compute_trajectory", lambda *a, **k: pytest.fail("trained before validating"))
+    with pytest.raises(UgeError, match="split 'test', row 3, column 'picture': could not decode the image"):
+        uge_hf.protect(DatasetDict(train=tiny_dataset["train"], test=test), output_dir=tmp_path / "out", **TINY_OPTIONS)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.uge-work").exists()

@@ -27,7 +27,7 @@ from . import __version__
 from .apply import perturbation_stats, preview_grid, protect_images, quantize_within_bound
 from .card import CARD_SCHEMA_VERSION
 from .config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
-from .data import ClassificationTensors, class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
+from .data import ClassificationTensors, has_every_label, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from .errors import UgeError
 from .progress import is_main_process
@@ -36,6 +36,7 @@ from .solver import FeatureTargets, build_step_context, refine_along_replay, ref
 from .specs import ModelSpec, build_model, init_state_bytes
 from .training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
 from .trajectory import Trajectory, compute_trajectory
+from .validate import validate_splits
 
 T = TypeVar("T")
 SURROGATE_SPEC = "cnn-w32"  # the surrogate encoder's backbone: a small, fast zoo network (seed: the config's)
@@ -69,16 +70,15 @@ def protect(
     config = ProtectConfig.from_dict(values)
 
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
-    source_name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else _dataset_name(dataset)
     splits = load_source(dataset)
+    source_name = source_label(dataset)
     missing = [split for split in config.splits if split not in splits]
     if missing:
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
 
     fit_split = splits[config.splits[0]]
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
-    class_names, _ = class_names_and_encoder(fit_split, label_column)
-    image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
+    class_names, image_size = validate_splits(splits, config, image_column, label_column)
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
     accelerator = _accelerator(config.mixed_precision)
@@ -142,11 +142,6 @@ def _accelerator(mixed_precision: str):
         # another --mixed-precision replaces it (the process group, if any, is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision, cpu=multi_process_without_gpu)
-
-
-def _dataset_name(dataset: Dataset | DatasetDict) -> str:
-    first = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
-    return first.info.dataset_name or "dataset"
 
 
 def _work_dir(output: Path | None, config: ProtectConfig, clean: ClassificationTensors, accelerator) -> Path:
@@ -278,7 +273,8 @@ def _uge_block(config, clean, image_column, label_column, trajectories, encoder,
 
 def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device) -> dict:
     """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
+    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
+                      and config.keep_other_splits and has_every_label(splits[name], label_column)), None)
     test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
     nets = []
     for trajectory in trajectories:
