@@ -140,7 +140,10 @@ def test_clip_encoder_two_authorized_nets_and_released_generator(tiny_dataset, t
     uge_hf.protect(tiny_dataset, output_dir=output, **options)
     uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
     assert [n["spec"] for n in uge["authorized"]] == ["resnet18-w4-seed0", "lenet-w2-seed3"]
-    assert uge["encoder"]["name"] == str(clip)
+    # A local encoder folder is recorded by its name: its absolute path is machine-local (issue 12).
+    assert uge["encoder"]["name"] == uge["config"]["encoder"] == "clip"
+    assert json.loads((output / "uge_config.json").read_text())["encoder"] == "clip"
+    assert str(tmp_path) not in (output / "README.md").read_text()
     for net in uge["authorized"]:
         assert hashlib.sha256((output / net["weights"]).read_bytes()).hexdigest() == net["init_sha256"]
     assert (output / "generator.safetensors").is_file()
@@ -249,6 +252,53 @@ def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path)
 
 
 # --- issue 12: the bound by construction, releases that stand alone, odd inputs up front ---------------------
+
+
+def test_the_writer_rechecks_every_protected_pixel_before_the_release_appears(tiny_dataset, tmp_path, monkeypatch):
+    from uge_hf import pipeline
+
+    real = pipeline._replace_images
+    monkeypatch.setattr(pipeline, "_replace_images",
+                        lambda split, column, images: real(split, column, (images.int() + 11).clamp(0, 255).to(torch.uint8)))
+    with pytest.raises(UgeError, match=r"re-check against the source and was not written: pixels train: .* levels > bound 10"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "out", **TINY_OPTIONS)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
+    """Images given as file paths are embedded (the copied test split too); nothing names this machine."""
+    import shutil
+
+    import datasets
+
+    from .conftest import CLASS_NAMES, make_image_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "my-images"
+    pixels = {}
+    for split, rows, seed in (("train", 16, 0), ("test", 6, 1)):
+        for i, row in enumerate(make_image_dataset(rows, seed=seed)):
+            (source / split / CLASS_NAMES[row["category"]]).mkdir(parents=True, exist_ok=True)
+            row["picture"].save(source / split / CLASS_NAMES[row["category"]] / f"{i:02d}.png")
+            pixels.setdefault(split, {})[f"{i:02d}.png"] = np.asarray(row["picture"])
+    output = tmp_path / "release"
+    uge_hf.protect(str(source), output_dir=output, **TINY_OPTIONS)
+    shutil.rmtree(source)
+
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
+    card = DatasetCard.load(output / "README.md")
+    assert card.data.pretty_name.startswith("my-images (ungeneralizable") and "copy of `my-images`" in card.text
+    loaded = load_dataset(str(output))
+    assert loaded["train"].num_rows == 16 and loaded["test"].num_rows == 6
+    for split in ("train", "test"):
+        for image in loaded[split]["image"]:
+            assert image.size == (16, 16)  # decoded from the embedded bytes: the source is gone
+    raw = loaded["test"].cast_column("image", datasets.Image(decode=False))["image"]
+    for value, image in zip(raw, loaded["test"]["image"]):
+        assert value["bytes"] and value["path"] in pixels["test"]  # a file name, not a path
+        assert np.array_equal(np.asarray(image), pixels["test"][value["path"]])  # copied unchanged
 
 
 def test_an_unlabelled_test_split_is_copied_unchanged(tmp_path):

@@ -123,7 +123,7 @@ def protect(
             uge = _uge_block(config, clean, image_column, label_column, trajectories, encoder, ctx, splits, protected_clean, losses, accelerator.device)
             files = _release_files(config, clean, generator)
             preview = preview_grid(clean.images, protected_clean)
-            write_release(output, result, uge, source_name, files, preview, config.num_shards, overwrite)
+            write_release(output, result, uge, source_name, files, preview, config.num_shards, overwrite, original=splits)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)
