@@ -55,6 +55,7 @@ def test_protect_command_writes_a_release_and_prints_its_figures(dataset_folder,
         (["--set", "lambda_fd"], "KEY=VALUE"),
         (["--set", "no_such_field=1"], "unknown config fields"),
         (["--push", "me/data"], "--push"),
+        (["--set", "recipe.lr=1e6"], "lower the recipe's learning rate (recipe.lr = 1000000.0)"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(dataset_folder, tmp_path, args, message):

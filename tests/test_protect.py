@@ -12,7 +12,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 import uge_hf
-from uge_hf import solver
+from uge_hf import apply, solver
 from uge_hf.errors import UgeError
 from uge_hf.release import load_release
 from uge_hf.specs import init_sha256
@@ -252,6 +252,38 @@ def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path)
 
 
 # --- issue 12: the bound by construction, releases that stand alone, odd inputs up front ---------------------
+
+
+def test_quantize_holds_the_bound_for_any_float():
+    source = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    nasty = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3.4e38, 0.5, -0.2, 1.7])
+    protected = nasty[torch.randint(0, len(nasty), source.shape, generator=torch.Generator().manual_seed(1))]
+    released = apply.quantize_within_bound(source, protected, 10)
+    assert released.dtype == torch.uint8
+    assert (released.int() - source.int()).abs().max() <= 10
+    not_finite = ~torch.isfinite(protected)
+    assert not_finite.any() and torch.equal(released[not_finite], source[not_finite])  # NaN/inf: the source pixel
+    assert torch.equal(apply.quantize_within_bound(source, protected.double() * 1e300, 10)[not_finite], source[not_finite])
+
+
+def test_a_diverged_recipe_is_refused_and_nothing_is_written(tiny_dataset, tmp_path):
+    options = {**TINY_OPTIONS, "recipe": {"epochs": 2, "batch_size": 8, "lr": 1e6}}
+    with pytest.raises(UgeError, match=r"trajectory resnet18-w4-seed0 diverged: its (loss|weights) .*recipe.lr = 1000000"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_loss_that_is_not_finite_stops_every_solver(tiny_dataset):
+    ctx, data = _tiny_context(tiny_dataset)
+    x = data.images[:8].float() / 255
+    x_u = x.clone()
+    x_u[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UgeError, match="the protection diverged: at step 7 the loss terms are .*nan"):
+        solver.uge_loss(ctx, x, x_u, data.labels[:8], torch.arange(8), 7)
+    generator = solver.build_generator(ctx.config)
+    torch.nn.init.constant_(next(generator.parameters()), float("nan"))
+    with pytest.raises(UgeError, match="generator's output is not finite"):
+        apply.protect_images(generator, data.images[:4], 0.04, 10, "cpu")
 
 
 def test_the_writer_rechecks_every_protected_pixel_before_the_release_appears(tiny_dataset, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ the card records, so an authorized user reproduces the protector's inputs exactl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Recipe
+from .errors import UgeError
 from .progress import progress_bar
 
 # Fixed input normalisation of every classifier: (x - 0.5) / 0.25 on [0, 1] pixels. Constants rather than
@@ -92,7 +94,8 @@ def train_classifier(
     `on_epoch_end(epoch, model)` is called after every epoch (1-based), e.g. to keep trajectory checkpoints.
     With a `teacher`, the loss is KL(teacher || model) on the same augmented batch instead of cross-entropy:
     knowledge distillation, the paper's Distill attack (Eq. 10); `labels` are then unused.
-    Deterministic on CPU for a given recipe and model initialisation.
+    Deterministic on CPU for a given recipe and model initialisation. A loss or, after an epoch, a weight that is not
+    finite (NaN, inf: the recipe diverged) raises UgeError naming `description` and the epoch.
     """
     model.to(device).train()
     if teacher is not None:
@@ -111,14 +114,24 @@ def train_classifier(
                     with torch.no_grad():
                         target = F.log_softmax(teacher(normalize(x)), dim=1)
                     loss = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(description, f"its loss is {value}", epoch, recipe)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                advance(loss=loss.item())
+                advance(loss=value)
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise _diverged(description, "its weights are not finite", epoch, recipe)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
     return model
+
+
+def _diverged(description: str, what: str, epoch: int, recipe: Recipe) -> UgeError:
+    return UgeError(f"{description} diverged: {what} in epoch {epoch + 1}; nothing was written. Lower the recipe's"
+                    f" learning rate (recipe.lr = {recipe.lr})")
 
 
 @torch.no_grad()
