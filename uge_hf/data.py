@@ -60,7 +60,7 @@ def load_source(
         return source
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({"train": source})
-    if isinstance(source, dict) and source and all(isinstance(v, datasets.Dataset) for v in source.values()):
+    if isinstance(source, dict) and all(isinstance(v, datasets.Dataset) for v in source.values()):
         return datasets.DatasetDict(source)
     if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
         raise UgeError(
@@ -69,7 +69,7 @@ def load_source(
         )
     if not isinstance(source, (str, os.PathLike)):
         maker = {"pandas": "from_pandas", "polars": "from_polars", "list": "from_list", "dict": "from_dict"}
-        kind = "list" if isinstance(source, list) else "dict" if isinstance(source, dict) else type(source).__module__.split(".")[0]
+        kind = type(source).__module__.split(".")[0] if type(source).__module__ != "builtins" else type(source).__name__
         hint = f" (make one with datasets.Dataset.{maker[kind]})" if kind in maker else ""
         raise UgeError(
             f"cannot load a dataset from {type(source).__name__}{hint}: pass a datasets.Dataset, a DatasetDict,"

@@ -2,8 +2,8 @@
 
 `protect()` calls `validate_splits` right after loading. It reads every split that will be written (the protected
 ones and, with `keep_other_splits`, the copied ones, which the card's test accuracy may read): schema, labels and
-every image, decoded as `to_tensors` decodes it. A mistake in a split that is only copied would otherwise surface after hours of training, or never
-(a release that cannot be loaded).
+every image, decoded as `to_tensors` decodes it. A mistake in a split that is only copied would otherwise surface
+after hours of training, or never (a release that cannot be loaded).
 """
 
 from __future__ import annotations
