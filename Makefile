@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= out/cifar10-sample-uge
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup browser demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -24,10 +24,23 @@ demo: setup
 		--trajectory-epochs 15 --generator-epochs 10 --batch-size 64 --set recipe.batch_size=64 \
 		--output $(DEMO_OUT) --overwrite
 
-test: setup
+# The demo's browser test (tests/test_demo.py) drives a system Chromium with playwright. Installed here when
+# missing, from Debian's package (as root, or with passwordless sudo); a no-op once present.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+			echo "make: no Chromium for the browser test; install it (Debian: apt-get install chromium) and rerun" >&2; exit 1; \
+		fi; \
+		echo "installing Chromium (apt) for the browser test"; log=$$(mktemp); \
+		{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+			>$$log 2>&1 || { cat $$log >&2; rm -f $$log; exit 1; }; rm -f $$log; \
+	}
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

@@ -55,6 +55,7 @@ def test_protect_command_writes_a_release_and_prints_its_figures(dataset_folder,
         (["--set", "lambda_fd"], "KEY=VALUE"),
         (["--set", "no_such_field=1"], "unknown config fields"),
         (["--push", "me/data"], "--push"),
+        (["--set", "recipe.lr=1e6"], "lower the recipe's learning rate (recipe.lr = 1000000.0)"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(dataset_folder, tmp_path, args, message):
@@ -89,12 +90,33 @@ def test_two_processes_with_torchrun(tmp_path):
         "ds = datasets.DatasetDict(train=make_image_dataset(32, seed=0))\n"
         "out = uge_hf.protect(ds, output_dir=sys.argv[1], **TINY_OPTIONS)\n"
         "assert dist.is_initialized() and dist.get_world_size() == 2\n"
-        "print('rank', dist.get_rank(), 'returned', type(out).__name__)\n"
+        "open(f'{sys.argv[2]}/rank{dist.get_rank()}.txt', 'w').write(type(out).__name__)\n"
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     env = {**os.environ, "UGE_HF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*torchrun, str(script), str(tmp_path / "release")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([*torchrun, str(script), str(tmp_path / "release"), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "rank 0 returned DatasetDict" in done.stdout and "rank 1 returned NoneType" in done.stdout
+    # One file per rank: the two processes' stdout can interleave ("rankrank 0 returned ...").
+    assert (tmp_path / "rank0.txt").read_text() == "DatasetDict" and (tmp_path / "rank1.txt").read_text() == "NoneType"
     assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
+
+
+def test_odd_inputs_are_one_line_errors_before_any_training(tmp_path):
+    """Images under 16 px, and a test split whose label is not a training class: one line, nothing written."""
+    from datasets import Dataset
+
+    folder = tmp_path / "small"
+    make_image_dataset(8, size=8).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    result = runner.invoke(app, ["protect", str(folder), *TINY_FLAGS, "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "pass --image-size 16" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.uge-work").exists()
+
+    folder = tmp_path / "strings"
+    for split, labels in (("train", ["a", "b"] * 4), ("test", ["a", "c"])):
+        rows = make_image_dataset(len(labels), extra_column=False).remove_columns("category").add_column("label", labels)
+        Dataset.from_dict(rows.to_dict(), features=rows.features).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    result = runner.invoke(app, ["protect", str(folder), *TINY_FLAGS, "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "split 'test', row 1, column 'label': label 'c' is not one of the 2 classes of split 'train'" in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.uge-work").exists()

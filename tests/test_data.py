@@ -15,7 +15,9 @@ from uge_hf.data import (
     load_source,
     prepare_image,
     resolve_columns,
+    source_label,
     to_pil_images,
+    to_rgb,
     to_tensors,
 )
 from uge_hf.errors import UgeError
@@ -244,3 +246,91 @@ def test_undecodable_image_names_row():
         to_tensors(ds, "img", "label", image_size=(4, 4))
     with pytest.raises(UgeError, match="row 3"):
         infer_image_size(ds, "img")
+
+
+# --- images that are arrays (issue 12) ---------------------------------------------------------------
+
+
+def array_dataset(arrays: list[np.ndarray]) -> datasets.Dataset:
+    """Images given as numpy arrays, as `datasets` stores them (int64 -> TIFF "I", float32 -> TIFF "F", ...)."""
+    return make_dataset(arrays, [i % 3 for i in range(len(arrays))])
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.arange(64, dtype=np.int64).reshape(8, 8) * 4, np.arange(64).reshape(8, 8) * 4),  # 8-bit levels, kept
+        (np.arange(64, dtype=np.float32).reshape(8, 8) / 63, np.rint(np.arange(64).reshape(8, 8) / 63 * 255)),  # [0, 1]
+        (np.arange(64, dtype=np.float32).reshape(8, 8) * 4, np.arange(64).reshape(8, 8) * 4),  # float levels
+        (np.arange(64, dtype=np.int32).reshape(8, 8) * 1000, np.rint(np.arange(64).reshape(8, 8) * 1000 / 257)),  # 16-bit
+        (np.full((8, 8), 1000, dtype=np.uint16), np.full((8, 8), 4)),  # uint16: 16-bit by its dtype
+    ],
+)
+def test_array_images_decode_by_their_range_and_dtype(array, expected):
+    ds = array_dataset([array, array])
+    assert ds.features["img"].decode  # stored by datasets, not by us: the modes it picks are "I", "F", "I;16"
+    t = to_tensors(ds, "img", "label")
+    for channel in range(3):
+        assert np.array_equal(t.images[0, channel].numpy(), expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((8, 8), -1.0, dtype=np.float32), r"pixels from -1 to -1; expected \[0, 1\] or \[0, 255\]"),
+        (np.full((8, 8), 300.0, dtype=np.float32), "pixels from 300 to 300"),
+        (np.full((8, 8), np.nan, dtype=np.float32), "NaN or infinite"),
+        (np.full((8, 8), 70000, dtype=np.int64), "expected 0..255 or 0..65535"),
+    ],
+)
+def test_array_images_out_of_any_range_are_errors_naming_the_row(array, message):
+    good = np.zeros((8, 8), dtype=array.dtype)
+    with pytest.raises(UgeError, match=f"row 1 of column 'img': .*{message}"):
+        to_tensors(array_dataset([good, array]), "img", "label")
+
+
+def test_to_rgb_modes():
+    cmyk = PIL.Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # red in CMYK
+    assert to_rgb(cmyk).getpixel((0, 0)) == (255, 0, 0)
+    bilevel = PIL.Image.new("1", (4, 4), 1)
+    assert to_rgb(bilevel).getpixel((0, 0)) == (255, 255, 255)
+    la = PIL.Image.new("LA", (4, 4), (90, 0))
+    assert to_rgb(la).getpixel((0, 0)) == (90, 90, 90)
+    big_endian = PIL.Image.new("I;16B", (4, 4), 65535)
+    assert to_rgb(big_endian).getpixel((0, 0)) == (255, 255, 255)
+
+
+# --- inputs of the wrong type (issue 12) -------------------------------------------------------------
+
+
+def test_wrong_python_inputs_name_what_is_accepted():
+    import pandas
+
+    accepted = "pass a datasets.Dataset, a DatasetDict, a local dataset folder or a Hub id"
+    for value, hint in ((pandas.DataFrame({"a": [1]}), "Dataset.from_pandas"), ([1, 2], "Dataset.from_list"),
+                        (None, ""), (3, ""), ({"x": 1}, "Dataset.from_dict")):
+        with pytest.raises(UgeError, match=f"cannot load a dataset from {type(value).__name__}.*{hint}.*{accepted}"):
+            load_source(value)
+
+
+def test_streaming_datasets_say_how_to_materialise_them():
+    streaming = rgb_dataset(2).to_iterable_dataset()
+    with pytest.raises(UgeError, match="streaming IterableDataset.*without streaming=True.*Dataset.from_generator"):
+        load_source(streaming)
+    with pytest.raises(UgeError, match="streaming IterableDatasetDict"):
+        load_source(datasets.IterableDatasetDict({"train": streaming}))
+
+
+def test_a_dict_of_datasets_is_a_datasetdict_and_no_splits_is_an_error():
+    ds = rgb_dataset(2)
+    assert isinstance(load_source({"train": ds, "test": ds}), datasets.DatasetDict)
+    with pytest.raises(UgeError, match="has no splits"):
+        load_source(datasets.DatasetDict())
+
+
+def test_source_label_is_never_an_absolute_path(tmp_path):
+    (tmp_path / "my-data").mkdir()
+    assert source_label(tmp_path / "my-data") == "my-data"
+    assert source_label(str(tmp_path / "my-data") + "/") == "my-data"
+    assert source_label("someone/cifar10") == "someone/cifar10"
+    assert source_label(rgb_dataset(2)) == "dataset"

@@ -18,7 +18,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported an
 from uge_hf import demo  # noqa: E402
 
 SPACES = Path(__file__).resolve().parent.parent / "spaces"
-CHROMIUM = "/usr/bin/chromium"
+# $CHROMIUM, else Chromium on PATH (Debian's /usr/bin/chromium, which `make test` installs when it is missing).
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -218,7 +219,7 @@ def server():
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium), as .ci/run does")
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make test` (it installs Debian's package), or set $CHROMIUM")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

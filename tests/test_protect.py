@@ -12,8 +12,9 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 import uge_hf
-from uge_hf import solver
+from uge_hf import apply, solver
 from uge_hf.errors import UgeError
+from uge_hf.release import load_release
 from uge_hf.specs import init_sha256
 
 from .conftest import TINY_OPTIONS
@@ -139,7 +140,10 @@ def test_clip_encoder_two_authorized_nets_and_released_generator(tiny_dataset, t
     uge_hf.protect(tiny_dataset, output_dir=output, **options)
     uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
     assert [n["spec"] for n in uge["authorized"]] == ["resnet18-w4-seed0", "lenet-w2-seed3"]
-    assert uge["encoder"]["name"] == str(clip)
+    # A local encoder folder is recorded by its name: its absolute path is machine-local (issue 12).
+    assert uge["encoder"]["name"] == uge["config"]["encoder"] == "clip"
+    assert json.loads((output / "uge_config.json").read_text())["encoder"] == "clip"
+    assert str(tmp_path) not in (output / "README.md").read_text()
     for net in uge["authorized"]:
         assert hashlib.sha256((output / net["weights"]).read_bytes()).hexdigest() == net["init_sha256"]
     assert (output / "generator.safetensors").is_file()
@@ -245,3 +249,134 @@ def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path)
     uge = DatasetCard.load(tmp_path / "bf16" / "README.md").data.to_dict()["uge"]
     assert uge["config"]["mixed_precision"] == "bf16"
     assert uge["results"]["perturbation"]["train"]["linf_levels"] <= uge["pixel_bound"]
+
+
+# --- issue 12: the bound by construction, releases that stand alone, odd inputs up front ---------------------
+
+
+def test_quantize_holds_the_bound_for_any_float():
+    source = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    nasty = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3.4e38, 0.5, -0.2, 1.7])
+    protected = nasty[torch.randint(0, len(nasty), source.shape, generator=torch.Generator().manual_seed(1))]
+    released = apply.quantize_within_bound(source, protected, 10)
+    assert released.dtype == torch.uint8
+    assert (released.int() - source.int()).abs().max() <= 10
+    not_finite = ~torch.isfinite(protected)
+    assert not_finite.any() and torch.equal(released[not_finite], source[not_finite])  # NaN/inf: the source pixel
+    assert torch.equal(apply.quantize_within_bound(source, protected.double() * 1e300, 10)[not_finite], source[not_finite])
+
+
+def test_a_diverged_recipe_is_refused_and_nothing_is_written(tiny_dataset, tmp_path):
+    options = {**TINY_OPTIONS, "recipe": {"epochs": 2, "batch_size": 8, "lr": 1e6}}
+    with pytest.raises(UgeError, match=r"trajectory resnet18-w4-seed0 diverged: its (loss|weights) .*recipe.lr = 1000000"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_loss_that_is_not_finite_stops_every_solver(tiny_dataset):
+    ctx, data = _tiny_context(tiny_dataset)
+    x = data.images[:8].float() / 255
+    x_u = x.clone()
+    x_u[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UgeError, match="the protection diverged: at step 7 the loss terms are .*nan"):
+        solver.uge_loss(ctx, x, x_u, data.labels[:8], torch.arange(8), 7)
+    generator = solver.build_generator(ctx.config)
+    torch.nn.init.constant_(next(generator.parameters()), float("nan"))
+    with pytest.raises(UgeError, match="generator's output is not finite"):
+        apply.protect_images(generator, data.images[:4], 0.04, 10, "cpu")
+
+
+def test_the_writer_rechecks_every_protected_pixel_before_the_release_appears(tiny_dataset, tmp_path, monkeypatch):
+    from uge_hf import pipeline
+
+    real = pipeline._replace_images
+    monkeypatch.setattr(pipeline, "_replace_images",
+                        lambda split, column, images: real(split, column, (images.int() + 11).clamp(0, 255).to(torch.uint8)))
+    with pytest.raises(UgeError, match=r"re-check against the source and was not written: pixels train: .* levels > bound 10"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "out", **TINY_OPTIONS)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
+    """Images given as file paths are embedded (the copied test split too); nothing names this machine."""
+    import shutil
+
+    import datasets
+
+    from .conftest import CLASS_NAMES, make_image_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "my-images"
+    pixels = {}
+    for split, rows, seed in (("train", 16, 0), ("test", 6, 1)):
+        for i, row in enumerate(make_image_dataset(rows, seed=seed)):
+            (source / split / CLASS_NAMES[row["category"]]).mkdir(parents=True, exist_ok=True)
+            row["picture"].save(source / split / CLASS_NAMES[row["category"]] / f"{i:02d}.png")
+            pixels.setdefault(split, {})[f"{i:02d}.png"] = np.asarray(row["picture"])
+    output = tmp_path / "release"
+    uge_hf.protect(str(source), output_dir=output, **TINY_OPTIONS)
+    shutil.rmtree(source)
+
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
+    card = DatasetCard.load(output / "README.md")
+    assert card.data.pretty_name.startswith("my-images (ungeneralizable") and "copy of `my-images`" in card.text
+    loaded = load_dataset(str(output))
+    assert loaded["train"].num_rows == 16 and loaded["test"].num_rows == 6
+    for split in ("train", "test"):
+        for image in loaded[split]["image"]:
+            assert image.size == (16, 16)  # decoded from the embedded bytes: the source is gone
+    raw = loaded["test"].cast_column("image", datasets.Image(decode=False))["image"]
+    for value, image in zip(raw, loaded["test"]["image"]):
+        assert value["bytes"] and value["path"] in pixels["test"]  # a file name, not a path
+        assert np.array_equal(np.asarray(image), pixels["test"][value["path"]])  # copied unchanged
+
+
+def test_an_unlabelled_test_split_is_copied_unchanged(tmp_path):
+    from datasets import DatasetDict
+
+    from .conftest import make_image_dataset
+
+    test = make_image_dataset(6, seed=1).map(lambda row: {"category": -1})
+    source = DatasetDict(train=make_image_dataset(32, seed=0), test=test)
+    output = tmp_path / "release"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    released = load_release(output)
+    assert released["test"]["category"] == [-1] * 6
+    uge = DatasetCard.load(output / "README.md").data.to_dict()["uge"]
+    assert uge["results"]["test_split"] is None and uge["results"]["authorized"][0]["clean_test_accuracy"] is None
+    assert all(check.ok for check in uge_hf.verify_release(output, original=source))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_array_images_are_protected_as_the_user_sees_them(tmp_path, dtype):
+    """Grayscale arrays (datasets stores float32 as mode "F", int64 as "I"): released within the bound of the
+    arrays' own 8-bit view, not of a near-black conversion; verify --original agrees."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    rng = np.random.default_rng(0)
+    levels = [rng.integers(0, 256, (16, 16)) for _ in range(16)]
+    arrays = [(a / 255).astype(np.float32) if dtype == "float32" else a.astype(np.int64) for a in levels]
+    source = Dataset.from_dict({"image": arrays, "label": [i % 2 for i in range(16)]},
+                               features=Features({"image": Image(), "label": ClassLabel(names=["a", "b"])}))
+    output = tmp_path / "release"
+    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    for seen, image in zip(levels, load_release(output)["train"]["image"]):
+        released = np.asarray(image, dtype=np.int16)
+        assert np.abs(released - seen[..., None]).max() <= 10
+    assert all(check.ok for check in uge_hf.verify_release(output, original=source))
+
+
+def test_a_broken_image_in_a_copied_split_fails_before_any_training(tiny_dataset, tmp_path, monkeypatch):
+    from datasets import DatasetDict, Image
+
+    from uge_hf import pipeline
+
+    test = tiny_dataset["test"].cast_column("picture", Image(decode=False))
+    test = test.map(lambda row, i: {"picture": {"bytes": b"broken" if i == 3 else row["picture"]["bytes"], "path": None}},
+                    with_indices=True).cast_column("picture", Image())
+    monkeypatch.setattr(pipeline, "compute_trajectory", lambda *a, **k: pytest.fail("trained before validating"))
+    with pytest.raises(UgeError, match="split 'test', row 3, column 'picture': could not decode the image"):
+        uge_hf.protect(DatasetDict(train=tiny_dataset["train"], test=test), output_dir=tmp_path / "out", **TINY_OPTIONS)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.uge-work").exists()

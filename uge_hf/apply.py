@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .errors import UgeError
 from .solver import perturb
 from .training import to_unit
 
@@ -14,12 +15,20 @@ from .training import to_unit
 def quantize_within_bound(source: Tensor, protected: Tensor, pixel_bound: int) -> Tensor:
     """Round [0, 1] `protected` to 8 bits, then clamp to `source` +- `pixel_bound` levels.
 
-    Rounding alone can cross the bound: with rho = 0.04 (10.2 levels) a float offset of 10.2 rounds to 10,
-    but 10.6 from a clamp near the bound would round to 11. Clamping in integer space after rounding makes
-    |released - source| <= floor(rho * 255) hold for every pixel, by construction.
+    Args:
+        source: uint8 (any shape) pixels the release is bounded against.
+        protected: float, same shape, nominally in [0, 1]; any value is accepted.
+        pixel_bound: the bound in 8-bit levels (>= 0).
+
+    Returns uint8 pixels with |released - source| <= pixel_bound for every pixel, by construction, whatever
+    `protected` holds: a NaN or infinite value (a diverged optimiser; NaN passes round/min/max/clamp and becomes
+    0 in the cast to uint8) takes the source pixel; huge values are clamped like any other. Rounding alone can
+    also cross the bound: with rho = 0.04 (10.2 levels) a float offset of 10.2 rounds to 10, but 10.6 from a
+    clamp near the bound would round to 11, hence the clamp in integer space after rounding.
     """
-    levels = torch.round(protected.float() * 255)
+    levels = protected.float() * 255
     source = source.to(levels.device, torch.int32)
+    levels = torch.round(torch.where(torch.isfinite(levels), levels, source.float()))
     bounded = torch.maximum(torch.minimum(levels, source + pixel_bound), source - pixel_bound)
     return bounded.clamp(0, 255).to(torch.uint8)
 
@@ -28,11 +37,17 @@ def quantize_within_bound(source: Tensor, protected: Tensor, pixel_bound: int) -
 def protect_images(
     generator: nn.Module, images: Tensor, rho: float, pixel_bound: int, device, batch_size: int = 256
 ) -> Tensor:
-    """Protected uint8 copies of uint8 `images` (N x 3 x H x W), computed batch by batch, returned on the CPU."""
+    """Protected uint8 copies of uint8 `images` (N x 3 x H x W), computed batch by batch, returned on the CPU.
+
+    A generator whose output is not finite (its training diverged) is a UgeError rather than a release of
+    unchanged images (which is what `quantize_within_bound` would make of NaN).
+    """
     generator.to(device).eval()
     out = []
     for chunk in images.split(batch_size):
         x_u = perturb(generator, to_unit(chunk.to(device)), rho)
+        if not torch.isfinite(x_u).all():
+            raise UgeError("the generator's output is not finite (its training diverged); nothing was written")
         out.append(quantize_within_bound(chunk, x_u, pixel_bound).cpu())
     return torch.cat(out)
 

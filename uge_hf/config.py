@@ -147,6 +147,7 @@ class ProtectConfig:
             self.authorized = [self.authorized]
         if isinstance(self.splits, str):
             self.splits = [self.splits]
+        self.splits = list(dict.fromkeys(self.splits))  # a split named twice is protected once
         if not self.authorized:
             raise UgeError("give at least one authorized model spec, e.g. resnet18-seed0")
         from .specs import ModelSpec  # parsing validates each spec with its own clear message

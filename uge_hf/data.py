@@ -47,17 +47,34 @@ class ClassificationTensors:
 
 
 def load_source(
-    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset],
 ) -> datasets.DatasetDict:
-    """Return ``source`` as a DatasetDict: a dataset object, a local folder or a Hub id."""
+    """Return ``source`` as a DatasetDict: a dataset object, a dict of them, a local folder or a Hub id.
+
+    A ``Dataset`` becomes the split "train". Anything else (a streaming ``IterableDataset``, a pandas DataFrame,
+    a list, None, ...) is a UgeError naming what is accepted, as is a folder or Hub id that does not load.
+    """
+    if isinstance(source, (datasets.DatasetDict, dict)) and not source:
+        raise UgeError("the DatasetDict has no splits: there is nothing to protect")
     if isinstance(source, datasets.DatasetDict):
         return source
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({"train": source})
+    if isinstance(source, dict) and all(isinstance(v, datasets.Dataset) for v in source.values()):
+        return datasets.DatasetDict(source)
     if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise UgeError("streaming datasets are not supported: load the dataset without streaming=True")
+        raise UgeError(
+            f"a streaming {type(source).__name__} cannot be protected (every image is read several times):"
+            " materialise it first, e.g. load it without streaming=True or build it with Dataset.from_generator"
+        )
     if not isinstance(source, (str, os.PathLike)):
-        raise UgeError(f"cannot load a dataset from a {type(source).__name__}: pass a folder, a Hub id or a Dataset")
+        maker = {"pandas": "from_pandas", "polars": "from_polars", "list": "from_list", "dict": "from_dict"}
+        kind = type(source).__module__.split(".")[0] if type(source).__module__ != "builtins" else type(source).__name__
+        hint = f" (make one with datasets.Dataset.{maker[kind]})" if kind in maker else ""
+        raise UgeError(
+            f"cannot load a dataset from {type(source).__name__}{hint}: pass a datasets.Dataset, a DatasetDict,"
+            " a local dataset folder or a Hub id"
+        )
 
     path = os.path.expanduser(os.fspath(source))
     is_local = os.path.exists(path)
@@ -82,6 +99,16 @@ def load_source(
     if not isinstance(loaded, datasets.DatasetDict):
         raise UgeError(f"'{path}' did not load as a dataset with splits (got {type(loaded).__name__})")
     return loaded
+
+
+def source_label(source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict) -> str:
+    """How a release names its source: a Hub id as given, a local folder by its name (never its absolute path,
+    which is machine-local), a dataset object by its ``info.dataset_name`` (else "dataset")."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.path.expanduser(os.fspath(source))
+        return os.path.basename(os.path.abspath(path)) if os.path.exists(path) else path
+    first = source if isinstance(source, datasets.Dataset) else next(iter(source.values()), None)
+    return getattr(getattr(first, "info", None), "dataset_name", None) or "dataset"
 
 
 def resolve_columns(
@@ -154,6 +181,13 @@ def _label_values(ds: datasets.Dataset, label_column: str) -> list[Any]:
         if value is None or value == missing:
             raise UgeError(f"row {row} of column '{label_column}' has no label; drop unlabeled rows first")
     return values
+
+
+def has_every_label(ds: datasets.Dataset, label_column: str) -> bool:
+    """Whether no row lacks its label (None, or ClassLabel's -1): an unlabelled split is only copied."""
+    missing = -1 if isinstance(ds.features[label_column], datasets.ClassLabel) else None
+    values = ds.with_format("arrow")[label_column].to_pylist()
+    return bool(values) and all(value is not None and value != missing for value in values)
 
 
 def _label_namer(feature: Any) -> Callable[[Any], str]:
@@ -263,34 +297,71 @@ def to_tensors(
     )
     for row, value in rows:
         try:
-            with _open_image(value) as image:
-                image.load()
-                # Same orientation handling as datasets.Image, so pixels match what users see there.
-                if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
-                    image = PIL.ImageOps.exif_transpose(image)
-                pixels = prepare_image(image, image_size)
+            pixels = decode_image(value, image_size)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
             raise _decode_error(row, image_column, e) from e
         images[row] = torch.from_numpy(pixels).permute(2, 0, 1)
     return ClassificationTensors(images=images, labels=labels, class_names=list(class_names), image_size=image_size)
 
 
-def prepare_image(image: PIL.Image.Image, image_size: tuple[int, int]) -> np.ndarray:
-    """Any PIL image -> uint8 H x W x 3 RGB array at ``image_size`` (H, W).
+def decode_image(value: dict[str, Any] | None, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """An undecoded image ({"bytes", "path"}, as stored by ``datasets``) -> uint8 H x W x 3 RGB array.
 
-    Alpha is dropped, not composited (``convert("RGB")``, as torchvision and transformers do), so
-    transparent pixels keep their stored colour. Integer images ("I;16*", "I") are taken as 16-bit and
-    scaled to 8 bits rather than clipped. A different size is resized with bicubic resampling.
+    Stood upright by its EXIF orientation (as ``datasets.Image`` does, so pixels match what users see there),
+    colours by ``to_rgb``, resized to ``image_size`` (H, W; None: its own size). Raises OSError / ValueError /
+    PIL's DecompressionBombError for an image that cannot be read; callers name the row.
     """
-    if image.mode.startswith("I;16") or image.mode == "I":
-        wide = np.asarray(image).astype(np.float64)
-        image = PIL.Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    with _open_image(value) as image:
+        image.load()
+        if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
+            image = PIL.ImageOps.exif_transpose(image)
+        return prepare_image(image, image_size or (image.height, image.width))
+
+
+def prepare_image(image: PIL.Image.Image, image_size: tuple[int, int]) -> np.ndarray:
+    """Any PIL image -> uint8 H x W x 3 RGB array at ``image_size`` (H, W), resized bicubic if its size differs.
+
+    Colours as ``to_rgb`` reads them. Raises ValueError (the caller names the row) for pixels it cannot read.
+    """
+    image = to_rgb(image)
     height, width = image_size
     if image.size != (width, height):
         image = image.resize((width, height), resample=PIL.Image.Resampling.BICUBIC)
     return np.array(image, dtype=np.uint8)  # a writable copy, so torch.from_numpy is safe
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL image -> mode "RGB", 8 bits per channel, as a user looking at its pixels would read them.
+
+    Alpha is dropped, not composited (``convert("RGB")``, as torchvision and transformers do), so transparent
+    pixels keep their stored colour; palette, CMYK, YCbCr etc. are converted by PIL. Single-channel images of
+    more than 8 bits are decoded by their dtype and range (``datasets`` stores numpy arrays this way):
+
+    - "I;16*" (uint16 arrays, 16-bit PNG/TIFF): scaled by 255 / 65535.
+    - "I" (int32; ``datasets`` turns int64/int32 arrays into it): values in 0..255 are 8-bit levels and kept;
+      values in 0..65535 are 16-bit and scaled by 255 / 65535. Negative or larger values: ValueError.
+    - "F" (float32 arrays): values in [0, 1] are scaled by 255; values in [0, 255] are levels and kept.
+      NaN, infinities, negative or larger values: ValueError.
+
+    The range is that of the one image: a 16-bit image stored as int64 whose brightest pixel is <= 255 reads
+    as 8-bit. Levels are rounded to the nearest integer.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"the {image.mode} image has NaN or infinite pixels")
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        if image.mode == "F" and low >= 0 and high <= 1:
+            scale = 255.0
+        elif low >= 0 and high <= 255 and not image.mode.startswith("I;16"):
+            scale = 1.0
+        elif low >= 0 and high <= 65535 and image.mode != "F":
+            scale = 255.0 / 65535.0
+        else:
+            expected = "[0, 1] or [0, 255]" if image.mode == "F" else "0..255 or 0..65535"
+            raise ValueError(f"the {image.mode} image has pixels from {low:g} to {high:g}; expected {expected}")
+        image = PIL.Image.fromarray(np.rint(values * scale).clip(0, 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def to_pil_images(images: torch.Tensor) -> list[PIL.Image.Image]:

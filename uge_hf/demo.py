@@ -171,7 +171,9 @@ def load_upload(image: Any) -> tuple[np.ndarray, list[str]]:
         image.load()
         if image.mode != "RGB":
             notes.append(f"converted from {image.mode} to RGB (alpha dropped), as uge-hf does for datasets")
-            image = image.convert("RGB")
+            from .data import to_rgb  # 16-bit and float images by their range, as for datasets
+
+            image = to_rgb(image)
     except Exception as error:
         raise UgeError(f"the image could not be decoded: {error}") from None
     if max(width, height) > MAX_SIDE:

@@ -444,10 +444,12 @@ def update_card(release_dir: str | Path, rows: list[Row], meta: dict) -> None:
     """Write the results into the release card: `uge.evaluation` in the YAML and a table in the prose."""
     from huggingface_hub import DatasetCard
 
+    from .release import portable
+
     path = Path(release_dir) / "README.md"
     card = DatasetCard.load(path)
     uge = card.data.to_dict()["uge"]
-    uge["evaluation"] = {**meta, "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
+    uge["evaluation"] = {**portable(meta), "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
     card.data.uge = uge
     section = (f"{EVALUATION_MARKER}\n## Evaluation (`uge-hf evaluate`)\n\nClean-test accuracy (%) of networks "
                f"trained on the clean and on the protected data with the card's recipe.\n\n{markdown_table(rows)}\n")

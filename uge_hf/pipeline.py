@@ -19,13 +19,14 @@ from . import __version__
 from .apply import perturbation_stats, preview_grid
 from .card import CARD_SCHEMA_VERSION
 from .config import ProtectConfig
-from .data import class_names_and_encoder, infer_image_size, load_source, resolve_columns, to_pil_images, to_tensors
+from .data import has_every_label, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .errors import UgeError
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
 from .release import check_output_dir, json_bytes, write_release
 from .training import INPUT_MEAN, INPUT_STD
+from .validate import validate_splits
 
 
 def protect(
@@ -62,16 +63,15 @@ def protect(
                        " (or pass key_file= to protect with an existing key)")
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
-    source_name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else _dataset_name(dataset)
     splits = load_source(dataset)
+    source_name = source_label(dataset)
     missing = [split for split in config.splits if split not in splits]
     if missing:
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
 
     fit_split = splits[config.splits[0]]
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
-    class_names, _ = class_names_and_encoder(fit_split, label_column)
-    image_size = (config.image_size, config.image_size) if config.image_size else infer_image_size(fit_split, image_column)
+    class_names, image_size = validate_splits(splits, config, image_column, label_column)
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
     work_dir = output.parent / f"{output.name}.uge-work" if output is not None else None
@@ -87,7 +87,7 @@ def protect(
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
             with write_private(private, result.private_files):
-                write_release(output, released, uge, source_name, files, preview, config.num_shards, overwrite)
+                write_release(output, released, uge, source_name, files, preview, config.num_shards, overwrite, original=splits)
     result.barrier()
     if is_main_process() and result.work_dir is not None:
         shutil.rmtree(result.work_dir, ignore_errors=True)
@@ -103,12 +103,6 @@ def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict
         elif config.keep_other_splits:
             released[name] = split
     return DatasetDict(released)
-
-
-def _dataset_name(dataset: Dataset | DatasetDict) -> str:
-    first = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
-    return first.info.dataset_name or "dataset"
-
 
 
 def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Dataset:
@@ -131,7 +125,8 @@ def _uge_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult,
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
     clean = inputs.fit
     first = config.splits[0]
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
+    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
+                      and config.keep_other_splits and has_every_label(splits[name], inputs.label_column)), None)
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "uge_hf_version": __version__,

@@ -9,6 +9,7 @@ resumed run takes the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from .config import ProtectConfig
 from .encoders import Encoder
+from .errors import UgeError
 from .losses import feature_deviation_loss, gradient_matching_loss, least_similar_class, undistill_loss
 from .models import PerturbationGenerator
 from .progress import progress_bar
@@ -89,7 +91,8 @@ def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor,
     """The three losses on one batch (terms with weight 0 are skipped: L_gm is the expensive one).
 
     L_gm is matched at a checkpoint sampled from each trajectory and a random augmentation (seeded by `step`), or,
-    given `replayed`, at exactly the states and augmentation of that recipe step.
+    given `replayed`, at exactly the states and augmentation of that recipe step. A term that is not finite
+    (NaN, inf: training diverged) raises UgeError: every solver's loss log passes through here.
     """
     config = ctx.config
     rng = torch.Generator()
@@ -129,7 +132,13 @@ def uge_loss(ctx: StepContext, x: Tensor, x_u: Tensor, y: Tensor, index: Tensor,
         ).mean()
     weights = {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud}
     total = sum(weights[name] * value for name, value in terms.items())
-    return total, {name: value.item() for name, value in terms.items()}
+    logged = {name: value.item() for name, value in terms.items()}
+    if not all(math.isfinite(value) for value in logged.values()):
+        hint = (f"the fixed networks it uses are broken: lower the recipe's learning rate (recipe.lr = {config.recipe.lr})"
+                if step == 0 else "lower generator_lr (generator, hybrid) or per_sample_step_size (per-sample, replay)")
+        raise UgeError(f"the protection diverged: at step {step} the loss terms are {logged}; nothing was written;"
+                       f" {hint}")
+    return total, logged
 
 
 def _latest_checkpoint(state_dir: Path) -> tuple[int, Path] | None:
@@ -255,6 +264,8 @@ def refine_per_sample(
 def _sign_step(loss: Tensor, delta: Tensor, step_size: float, rho: float) -> Tensor:
     """One signed-gradient descent step on the perturbation, projected back to the rho ball."""
     (grad,) = torch.autograd.grad(loss, delta)
+    if not torch.isfinite(grad).all():
+        raise UgeError("the protection diverged: the loss's gradient is not finite; nothing was written")
     return (delta - step_size * grad.sign()).clamp(-rho, rho).detach()
 
 

@@ -6,6 +6,7 @@ the card records, so an authorized user reproduces the protector's inputs exactl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Recipe
+from .errors import UgeError
 from .progress import progress_bar
 
 # Fixed input normalisation of every classifier: (x - 0.5) / 0.25 on [0, 1] pixels. Constants rather than
@@ -97,7 +99,8 @@ def train_classifier(
     `input_stage` (e.g. a keyed network's key stage) maps [0, 1] images (N, C, H, W) to images of the same shape
     and runs **before** the augmentation, on the whole image, as it does at test time (`predict_logits`);
     `teacher_stage` is the teacher's own input stage (a keyed teacher), its input augmented alike.
-    Deterministic on CPU for a given recipe and model initialisation.
+    Deterministic on CPU for a given recipe and model initialisation. A loss or, after an epoch, a weight that is not
+    finite (NaN, inf: the recipe diverged) raises UgeError naming `description` and the epoch.
     """
     model.to(device).train()
     if teacher is not None:
@@ -118,11 +121,16 @@ def train_classifier(
                     with torch.no_grad():
                         target = F.log_softmax(teacher(normalize(teacher_x[0] if teacher_x else x)), dim=1)
                     loss = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(description, f"its loss is {value}", epoch, recipe)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                advance(loss=loss.item())
+                advance(loss=value)
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise _diverged(description, "its weights are not finite", epoch, recipe)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
     return model
@@ -135,6 +143,11 @@ def _staged(images: Tensor, input_stage: nn.Module | None) -> Tensor:
         return x
     with torch.no_grad():
         return input_stage.to(x.device)(x)
+
+
+def _diverged(description: str, what: str, epoch: int, recipe: Recipe) -> UgeError:
+    return UgeError(f"{description} diverged: {what} in epoch {epoch + 1}; nothing was written. Lower the recipe's"
+                    f" learning rate (recipe.lr = {recipe.lr})")
 
 
 @torch.no_grad()

@@ -70,7 +70,25 @@ def verify_release(
         checks.append(Check("shards", False, problem))
     else:
         checks += _check_shards(files, info)
-    pixels: dict[str, tuple[np.ndarray, list[str]]] = {}
+    return checks + _pixel_checks(uge, files, original)
+
+
+def check_against_source(folder: str | os.PathLike, original: Any) -> list[Check]:
+    """The pixel and label checks of `verify_release(folder, original)` alone, on a local release folder.
+
+    Every image of a protected split decodes (PNG, RGB, the card's size) and is within `pixel_bound` levels of
+    `original` (the source prepared as `protect` prepared it); every label is the source's. `protect()` runs
+    this on its staging folder before moving the release into place.
+    """
+    uge, problem = _read_card(Path(folder))
+    if uge is None:
+        return [Check("card", False, problem)]
+    return _pixel_checks(uge, release_data_files(folder), original)
+
+
+def _pixel_checks(uge: dict, files: dict[str, list[Path]], original: Any) -> list[Check]:
+    """The images of each protected split; with `original`, the bound and the labels against it."""
+    checks, pixels = [], {}
     for split in uge["protected_splits"]:
         check, pixels[split] = _check_images(split, files.get(split, []), uge, keep_pixels=original is not None)
         checks.append(check)

@@ -27,7 +27,7 @@ from torch import Tensor
 from .. import __version__
 from ..apply import protect_images, quantize_within_bound
 from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
-from ..data import ClassificationTensors, to_tensors
+from ..data import ClassificationTensors, has_every_label, to_tensors
 from ..encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from ..progress import is_main_process
 from ..release import json_bytes
@@ -192,7 +192,8 @@ def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: Classif
 
 def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device) -> dict:
     """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits), None)
+    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
+                      and config.keep_other_splits and has_every_label(splits[name], label_column)), None)
     test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
     nets = []
     for trajectory in trajectories:
