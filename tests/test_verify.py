@@ -78,7 +78,7 @@ def test_a_good_release_passes_every_check(made):
     source, release = made
     checks = uge_hf.verify_release(release, original=source)
     assert failures(checks) == {}
-    assert [c.name for c in checks] == ["card", f"weights {SPEC}", "shards train", "shards test", "images train",
+    assert [c.name for c in checks] == ["card", f"weights {SPEC}", "no key material", "shards train", "shards test", "images train",
                                         "pixels train", "labels train", "labels test"]
 
 
@@ -217,13 +217,13 @@ def test_verify_command(made, folder, tmp_path):
         ds.to_parquet(str(original / "data" / f"{split}-00000-of-00001.parquet"))
     good = runner.invoke(app, ["verify", str(release), "--original", str(original)])
     assert good.exit_code == 0, good.output
-    assert "PASS pixels train: 32 images within 10 levels" in good.output and "all 8 checks passed" in good.output
-    assert good.output.count("PASS ") == 8 and "FAIL" not in good.output  # one line per check
+    assert "PASS pixels train: 32 images within 10 levels" in good.output and "all 9 checks passed" in good.output
+    assert good.output.count("PASS ") == 9 and "FAIL" not in good.output  # one line per check
 
     edit_rows(folder / TRAIN, lambda rows: rows[0].update(category=(rows[0]["category"] + 1) % 4))
     bad = runner.invoke(app, ["verify", str(folder), "--original", str(original)])
     assert bad.exit_code == 1
     assert f"FAIL labels train: labels changed: {TRAIN} row 0 (train row 0): 'dog', source 'cat'" in bad.output
-    assert "1 of 8 checks failed" in bad.output and "Traceback" not in bad.output
+    assert "1 of 9 checks failed" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, ["verify", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "error: no such release folder" in missing.output

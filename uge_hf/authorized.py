@@ -200,8 +200,8 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
     return path.read_bytes()
 
 
-def weight_problems(net: dict, content: bytes) -> list[str]:
-    """Why `content` is not `net`'s declared initial weights ([] when it is).
+def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[str]:
+    """Why `content` (the file `name`) is not `net`'s declared initial weights ([] when it is).
 
     Checks sha256(content) == the card's `init_sha256`, and that the backbone equals the spec rebuilt on this
     machine: the whole file for public weights (`uge_hf.init_sha256`), the `backbone.*` tensors of a keyed file.
@@ -211,9 +211,10 @@ def weight_problems(net: dict, content: bytes) -> list[str]:
     from .specs import build_model, init_sha256
 
     problems = []
+    name = name or net.get("weights") or f"the weights of {net['spec']}"
     actual = hashlib.sha256(content).hexdigest()
     if actual != net["init_sha256"]:
-        problems.append(f"the weights of {net['spec']} have sha256 {actual}, but the card declares {net['init_sha256']}")
+        problems.append(f"{name} has sha256 {actual} but the card declares {net['init_sha256']}")
     try:
         if net.get("input_stage") == "key":
             tensors = load(content)
@@ -223,9 +224,11 @@ def weight_problems(net: dict, content: bytes) -> list[str]:
                 problems.append(f"the backbone in the weights is not {net['spec']} with {net['num_classes']} classes rebuilt here")
             if not any(k.startswith(KEY_STAGE_PREFIX) for k in tensors):
                 problems.append("the weights hold no key stage")
-        elif net["init_sha256"] != init_sha256(net["spec"], net["num_classes"]):
-            problems.append(f"the card's init_sha256 for {net['spec']} ({net['num_classes']} classes) is not that of"
-                            " the spec rebuilt here: the release does not hold the declared network")
+        else:
+            rebuilt = init_sha256(net["spec"], net["num_classes"])
+            if net["init_sha256"] != rebuilt:
+                problems.append(f"the card's init_sha256 {net['init_sha256']} is not that of {net['spec']} with"
+                                f" {net['num_classes']} classes rebuilt here ({rebuilt})")
     except (UgeError, ValueError, RuntimeError) as e:
         problems.append(f"the weights of {net['spec']} cannot be read as {net['spec']}: {e}")
     return problems

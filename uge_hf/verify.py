@@ -185,19 +185,20 @@ def _check_weights(folder: Path, net: dict, weights: str | os.PathLike | None) -
         content = read_weights(folder, net, weights)
     except UgeError as e:
         return Check(name, False, str(e))
-    problems = weight_problems(net, content)
+    problems = weight_problems(net, content, str(weights) if weights is not None else None)
     if not net.get("private"):
-        sidecar = release_path(folder, net["weights"]).with_suffix(".json")
-        if sidecar.is_file():
+        sidecar = net["weights"].removesuffix(".safetensors") + ".json"
+        if release_path(folder, sidecar).is_file():
             try:
-                declared = json.loads(sidecar.read_text()).get("init_sha256")
+                declared = json.loads(release_path(folder, sidecar).read_text()).get("init_sha256")
             except (ValueError, AttributeError):
                 declared = "unreadable"
             if declared != net["init_sha256"]:
-                problems.append(f"{sidecar.name} declares init_sha256 {declared}, the card {net['init_sha256']}")
+                problems.append(f"{sidecar} declares init_sha256 {declared}, the card {net['init_sha256']}")
     if problems:
         return Check(name, False, "; ".join(problems))
-    return Check(name, True, f"sha256 {net['init_sha256']} = card; backbone = {net['spec']} rebuilt here")
+    where = str(weights) if weights is not None else net["weights"]
+    return Check(name, True, f"{where} sha256 {net['init_sha256']} = card = {net['spec']} rebuilt here")
 
 
 def _check_no_key_material(folder: Path) -> Check:
