@@ -6,7 +6,7 @@ The public API is flat and lazy: `import uge_hf` loads neither torch nor dataset
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
     "protect": "pipeline",

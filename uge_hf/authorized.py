@@ -54,7 +54,7 @@ def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: st
     Returns the backbone (public) or a `KeyedNetwork` (keyed). Any mismatch is a UgeError that names it.
     A Hub id is downloaded (only the card and `authorized/`).
     """
-    from .hub import fetch_release
+    from .fetch import fetch_release
 
     folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
     net = authorized_entry(folder, index)
@@ -113,7 +113,7 @@ def train_authorized(
     from .card import read_uge_block
     from .config import Recipe
     from .data import resolve_columns, to_tensors
-    from .hub import fetch_release
+    from .fetch import fetch_release
     from .progress import is_main_process
     from .release import load_release, release_data_files
     from .training import accuracy, train_classifier

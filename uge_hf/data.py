@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-import re
+
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import track
 
 from uge_hf.errors import UgeError
+from uge_hf.fetch import HUB_ID
 
 # Conventional label column names, most preferred first.
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label", "coarse_label")
@@ -31,7 +32,6 @@ LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label", "coars
 _INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 _STRING_DTYPES = {"string", "large_string"}
 # A Hub id is "name" or "owner/name"; anything else that is not on disk must be a mistyped local path.
-_HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 # Rows are read from Arrow in batches: per-row access through `datasets` is much slower.
 _BATCH_SIZE = 256
 
@@ -78,7 +78,7 @@ def load_source(
 
     path = os.path.expanduser(os.fspath(source))
     is_local = os.path.exists(path)
-    if not is_local and (isinstance(source, os.PathLike) or not _HUB_ID.match(path) or path.startswith(".")):
+    if not is_local and (isinstance(source, os.PathLike) or not HUB_ID.fullmatch(path) or path.startswith(".")):
         raise UgeError(f"no such file or folder: {path}")
     if os.path.isfile(path):
         raise UgeError(f"{path} is a file: pass the dataset folder that holds it (load_dataset reads folders)")

@@ -40,7 +40,7 @@ MIN_RHO = 1 / 255  # below one 8-bit level the protected image could not differ
 RHO_STEP = 0.001
 DISPLAY_SIDE = 256  # small images are shown enlarged (nearest neighbour) to about this size
 MAX_UPLOAD = "50mb"  # gradio refuses bigger uploads in the browser, with its own message
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # the demo asks for user/name (fetch.HUB_ID also takes a bare name)
 RELEASE_FILES = ["README.md", "preview.png", "uge_config.json", "authorized/*"]  # what Inspect downloads
 
 
@@ -352,17 +352,11 @@ def resolve_release(ref: Any) -> Path:
         return path
     if path.exists():
         raise UgeError(f"{text} is a file, not a release folder")
-    if not HUB_ID.match(text):
+    if not HUB_ID.fullmatch(text):
         raise UgeError(f"no folder at {text}, and it is not a Hub dataset id (user/name)")
-    from huggingface_hub import snapshot_download
+    from .fetch import fetch_release
 
-    try:
-        return Path(snapshot_download(text, repo_type="dataset", allow_patterns=RELEASE_FILES))
-    except Exception as error:  # unknown repo, offline, gated, network: all a message
-        kind = type(error).__name__
-        if "NotFound" in kind and "Entry" not in kind:
-            raise UgeError(f"no dataset {text} on the Hub (or it is private)") from None
-        raise UgeError(f"could not download {text} from the Hub ({kind}): no local folder of that name either") from None
+    return fetch_release(text, allow_patterns=RELEASE_FILES)
 
 
 def card_checks(folder: Path, uge: dict) -> list[tuple[str, bool, str]]:

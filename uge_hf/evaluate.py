@@ -138,7 +138,7 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     """
     from .card import read_uge_block
 
-    from .hub import fetch_release
+    from .fetch import fetch_release
 
     release_dir = fetch_release(release_dir)
     uge = read_uge_block(release_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image
 from torch import Tensor
 
-from . import __version__
+from .version import __version__
 from .apply import perturbation_stats, preview_grid
 from .card import CARD_SCHEMA_VERSION
 from .config import ProtectConfig

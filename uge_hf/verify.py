@@ -55,7 +55,7 @@ def verify_release(
 
     Raises UgeError only when the release cannot be read at all (no such folder, Hub unreachable).
     """
-    from .hub import fetch_release
+    from .fetch import fetch_release
 
     folder = fetch_release(repo_or_dir, revision)
     uge, problem = _read_card(folder)

@@ -24,7 +24,7 @@ from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .. import __version__
+from ..version import __version__
 from ..apply import protect_images, quantize_within_bound
 from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
 from ..data import ClassificationTensors, has_every_label, to_tensors
