@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -17,7 +17,7 @@ import uge_hf
 from uge_hf.card import read_uge_block
 from uge_hf.cli import app
 from uge_hf.config import Recipe
-from uge_hf.release import load_release
+from uge_hf.layout import load_release
 from uge_hf.errors import UgeError
 from uge_hf.specs import build_model
 from uge_hf.training import train_classifier

@@ -14,7 +14,7 @@ from huggingface_hub import DatasetCard
 import uge_hf
 from uge_hf import apply, solver
 from uge_hf.errors import UgeError
-from uge_hf.release import load_release
+from uge_hf.layout import load_release
 from uge_hf.specs import init_sha256
 
 from .conftest import TINY_OPTIONS

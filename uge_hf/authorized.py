@@ -115,7 +115,7 @@ def train_authorized(
     from .data import resolve_columns, to_tensors
     from .fetch import fetch_release
     from .progress import is_main_process
-    from .release import load_release, release_data_files
+    from .layout import load_release, release_data_files
     from .training import accuracy, train_classifier
 
     folder = fetch_release(repo_or_dir, revision)
@@ -182,7 +182,7 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
 
     Raises UgeError when they are private and `weights` is not given, or the file is missing.
     """
-    from .release import release_path
+    from .layout import release_path
 
     if weights is not None:
         path = Path(weights)

@@ -40,7 +40,7 @@ from .config import Recipe
 from .data import ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
 from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
-from .release import load_release
+from .layout import load_release
 from .specs import ModelSpec, build_model
 from .training import accuracy, train_classifier
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Image
 from torch import Tensor
@@ -24,7 +23,8 @@ from .errors import UgeError
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
-from .release import check_output_dir, json_bytes, write_release
+from .layout import json_bytes
+from .release import check_output_dir, write_release
 from .training import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 

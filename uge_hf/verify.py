@@ -7,7 +7,6 @@ folder's name and card, so a tampered shard could be answered from a stale cache
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UgeError
-from .release import SHARD_NAME, release_data_files, release_path
+from .layout import SHARD_NAME, release_data_files, release_path
 
 # datasets' shard naming, as `write_release` writes it: data/{split}-{index:05d}-of-{count:05d}.parquet
 _SHOWN = 5  # failing rows named per check, then a count

@@ -20,7 +20,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
 from datasets import load_dataset
 
 from uge_hf.config import Recipe

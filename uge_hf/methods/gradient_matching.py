@@ -30,7 +30,7 @@ from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
 from ..data import ClassificationTensors, has_every_label, to_tensors
 from ..encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from ..progress import is_main_process
-from ..release import json_bytes
+from ..layout import json_bytes
 from ..solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
 from ..specs import ModelSpec, build_model, init_state_bytes
 from ..training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier

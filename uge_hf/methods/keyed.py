@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from ..apply import perturbation_stats
+
 from ..data import to_tensors
 from ..errors import UgeError
 from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
 from ..progress import is_main_process, progress_bar
-from ..release import json_bytes
+from ..layout import json_bytes
 from ..specs import ModelSpec, build_model
 from .base import MethodInput, MethodResult
 
