@@ -118,7 +118,7 @@ def test_a_key_file_protects_more_data_for_the_same_authorized_party(keyed_relea
     first, second = read_uge_block(keyed_release), read_uge_block(tmp_path / "more")
     assert first["authorized"][0]["init_sha256"] == second["authorized"][0]["init_sha256"]
     assert (private_of(tmp_path / "more") / "key.json").read_bytes() == (private_of(keyed_release) / "key.json").read_bytes()
-    with pytest.raises(UgeError, match="tile 4 / groups 6"):
+    with pytest.raises(UgeError, match="tile 4 / groups 6 / grain 1"):
         uge_hf.protect(more, output_dir=tmp_path / "other", key_file=str(private_of(keyed_release)),
                        **{**KEYED_OPTIONS, "keyed": {"tile": 8, "groups": 6}})
     with pytest.raises(UgeError, match="not a uge-hf key file"):

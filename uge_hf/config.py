@@ -74,6 +74,7 @@ class KeyedSettings:
 
     tile: int = 8  # side in pixels of the square regions S is tiled over (the texture's period)
     groups: int = 10  # dimensions of S per region (C * tile * tile positions split into this many +-1 patterns)
+    grain: int = 1  # side of the cells (pixels) that share a group and a sign: 1 = pixel-level texture
     # "random": a sign per image and region; "image": one per image (both leave no class mean for a linear attack);
     # "fixed": none (the class mean is the texture itself)
     signs: str = "random"
@@ -85,8 +86,11 @@ class KeyedSettings:
 
         if self.tile < 1 or self.groups < 1:
             raise UgeError(f"keyed.tile and keyed.groups must be >= 1, got {self.tile} and {self.groups}")
-        if self.groups > 3 * self.tile * self.tile:
-            raise UgeError(f"keyed.groups must be at most 3 * tile^2 = {3 * self.tile * self.tile}, got {self.groups}")
+        if self.grain < 1 or self.tile % self.grain:
+            raise UgeError(f"keyed.grain must divide keyed.tile ({self.tile}), got {self.grain}")
+        cells = 3 * (self.tile // self.grain) ** 2
+        if self.groups > cells:
+            raise UgeError(f"keyed.groups must be at most 3 * (tile / grain)^2 = {cells}, got {self.groups}")
         if self.signs not in SIGN_MODES:
             raise UgeError(f"keyed.signs must be one of {', '.join(SIGN_MODES)}, got {self.signs!r}")
         for name in ("amplitude", "pull"):

@@ -183,19 +183,20 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     if uge["method"] == "keyed" and config.wrong_key:
         net = uge["authorized"][0]
         backbone = data.authorized_networks[net["spec"]]
-        wrong = wrong_key_stage(data.input_stages[net["spec"]], len(names))
+        wrong = wrong_key_stage(uge["key"], len(names))
         data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), wrong),
                                 ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
     return data
 
 
-def wrong_key_stage(stage: nn.Module, num_classes: int) -> nn.Module:
-    """A key stage of the same geometry from another key (a fixed, public one: the attacker knows the method, not the key)."""
+def wrong_key_stage(settings: dict, num_classes: int) -> nn.Module:
+    """A key stage with the card's key settings (`uge.key`) from another key: a fixed, public one, since the attacker
+    knows the method and its settings, not the key."""
     from .key import KeyGeometry, SecretKey
 
-    tile, groups = stage.geometry.tolist()
-    secret = hashlib.sha256(f"uge-hf wrong key {tile} {groups}".encode()).digest()
-    return SecretKey(secret, KeyGeometry(stage.channels, tile, groups), num_classes).stage()
+    geometry = KeyGeometry(3, settings["tile"], settings["groups"], settings.get("grain", 1))
+    secret = hashlib.sha256(f"uge-hf wrong key {geometry}".encode()).digest()
+    return SecretKey(secret, geometry, num_classes).stage()
 
 
 def stage_fingerprint(stage: nn.Module) -> str:

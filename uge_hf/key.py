@@ -60,6 +60,7 @@ class KeyGeometry:
     channels: int
     tile: int
     groups: int
+    grain: int = 1  # positions are grouped in grain x grain cells that share group and sign (coarser textures)
 
     @property
     def region_size(self) -> int:
@@ -133,8 +134,12 @@ class SecretKey:
     def __post_init__(self) -> None:
         if len(self.secret) != KEY_BYTES:
             raise UgeError(f"a key is {KEY_BYTES} bytes, got {len(self.secret)}")
-        if not 1 <= self.geometry.groups <= self.geometry.region_size:
-            raise UgeError(f"groups must be in 1..{self.geometry.region_size} for a {self.geometry.tile}-pixel tile")
+        g = self.geometry
+        if g.grain < 1 or g.tile % g.grain:
+            raise UgeError(f"the grain ({g.grain}) must divide the tile ({g.tile})")
+        cells = g.channels * (g.tile // g.grain) ** 2
+        if not 1 <= g.groups <= cells:
+            raise UgeError(f"groups must be in 1..{cells} for a {g.tile}-pixel tile of {g.grain}-pixel grain")
         if self.num_classes < 2:
             raise UgeError("a key needs at least 2 classes")
 
@@ -147,9 +152,14 @@ class SecretKey:
         """The key stage K: which group and sign each position of a region has (a random balanced partition)."""
         g = self.geometry
         rng = _rng(self.secret, 0)
-        group_of = torch.from_numpy(rng.permutation(np.arange(g.region_size) % g.groups))
-        sign = torch.from_numpy(rng.choice([-1.0, 1.0], size=g.region_size).astype(np.float32))
-        return KeyStage(group_of, sign, g.tile, g.groups)
+        side = g.tile // g.grain
+        cells = g.channels * side * side
+        cell_group = rng.permutation(np.arange(cells) % g.groups)
+        cell_sign = rng.choice([-1.0, 1.0], size=cells).astype(np.float32)
+        # position (c, i, j) of a region belongs to cell (c, i // grain, j // grain)
+        c, i, j = np.meshgrid(np.arange(g.channels), np.arange(g.tile), np.arange(g.tile), indexing="ij")
+        cell = ((c * side + i // g.grain) * side + j // g.grain).reshape(-1)
+        return KeyStage(torch.from_numpy(cell_group[cell]), torch.from_numpy(cell_sign[cell]), g.tile, g.groups)
 
     def class_codes(self) -> Tensor:
         """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture.

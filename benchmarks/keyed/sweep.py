@@ -36,8 +36,8 @@ HACKERS = ["cnn-w16-seed1", "resnet18-w16-seed1"]
 AUTHORIZED = "resnet18-w16-seed0"
 BOUND = 10  # rho = 0.04
 
-# tTILE gGROUPS SIGNS [aAMPLITUDE] [pPULL]: e.g. t8g10-random, t8g10-fixed-a6, t4g6-random-p3
-VARIANT = re.compile(r"t(?P<tile>\d+)g(?P<groups>\d+)-(?P<signs>random|image|fixed)(?:-a(?P<amplitude>\d+))?(?:-p(?P<pull>\d+))?(?P<auth>\+auth)?")
+# tTILE gGROUPS [rGRAIN] SIGNS [aAMPLITUDE] [pPULL]: e.g. t8g10-random, t8g12r4-fixed, t8g10-fixed-a6
+VARIANT = re.compile(r"t(?P<tile>\d+)g(?P<groups>\d+)(?:r(?P<grain>\d+))?-(?P<signs>random|image|fixed)(?:-a(?P<amplitude>\d+))?(?:-p(?P<pull>\d+))?(?P<auth>\+auth)?")
 
 
 def rows():
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="*")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--hacker", action="append", help=f"hackers to train (default: {' '.join(HACKERS)})")
     args = parser.parse_args()
     train, held_out = rows()
     recipe = Recipe(epochs=args.epochs, batch_size=128)
@@ -69,7 +70,7 @@ def main() -> None:
             match = VARIANT.fullmatch(name)
             if match is None:
                 raise SystemExit(f"unknown variant {name}")
-            key = SecretKey(SWEEP_KEY, KeyGeometry(3, int(match["tile"]), int(match["groups"])), 10)
+            key = SecretKey(SWEEP_KEY, KeyGeometry(3, int(match["tile"]), int(match["groups"]), int(match["grain"] or 1)), 10)
             stage = key.stage()
             t = time.time()
             out = protect_keyed(train.images, train.labels, key, BOUND, signs=match["signs"],
@@ -80,7 +81,7 @@ def main() -> None:
             record.update(protect_seconds=round(time.time() - t, 2), mean_abs_levels=round(diff.abs().mean().item(), 3),
                           rms_levels=round(diff.pow(2).mean().sqrt().item(), 3), linf=diff.abs().max().item(),
                           invariance_max=out.invariance_levels.max().item())
-        nets = list(HACKERS)
+        nets = list(args.hacker or HACKERS)
         if name.endswith("+auth") or (name.startswith("clean") and stage is not None):
             nets.append("keyed-" + AUTHORIZED)
         if name.startswith("clean") and stage is not None:

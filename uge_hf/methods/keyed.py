@@ -35,13 +35,13 @@ def protect(inputs: MethodInput) -> MethodResult:
     config = inputs.config
     settings = config.keyed
     num_classes = len(inputs.fit.class_names)
-    key = load_secret_key(config.key_file, num_classes) if config.key_file else SecretKey(
-        new_secret(), KeyGeometry(3, settings.tile, settings.groups), num_classes
-    )
-    if (key.geometry.tile, key.geometry.groups) != (settings.tile, settings.groups):
+    geometry = KeyGeometry(3, settings.tile, settings.groups, settings.grain)
+    key = load_secret_key(config.key_file, num_classes) if config.key_file else SecretKey(new_secret(), geometry, num_classes)
+    if key.geometry != geometry:
+        g = key.geometry
         raise UgeError(
-            f"the key {config.key_file} is for tile {key.geometry.tile} / groups {key.geometry.groups}, but the config"
-            f" asks for tile {settings.tile} / groups {settings.groups}: use the key's settings"
+            f"the key {config.key_file} is for tile {g.tile} / groups {g.groups} / grain {g.grain}, but the config asks"
+            f" for tile {settings.tile} / groups {settings.groups} / grain {settings.grain}: use the key's settings"
         )
     stage = key.stage()
     height, width = inputs.fit.image_size
@@ -76,7 +76,7 @@ def protect(inputs: MethodInput) -> MethodResult:
     regions = (height // settings.tile) * (width // settings.tile)
     result = MethodResult(protected=protected, authorized=[])
     result.card = {"key": {
-        "tile": settings.tile, "groups": settings.groups, "dimensions": settings.groups * regions,
+        "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
         "signs": settings.signs, "amplitude_levels": settings.amplitude or config.pixel_bound,
         "pull_levels": config.pixel_bound // 2 if settings.pull is None else settings.pull,
     }}
@@ -92,7 +92,7 @@ def protect(inputs: MethodInput) -> MethodResult:
         result.authorized.append(entry)
         result.private_files[f"authorized/{spec}/model.safetensors"] = weights
         result.private_files[f"authorized/{spec}/config.json"] = json_bytes({
-            **entry, "method": "keyed", "tile": settings.tile, "groups": settings.groups,
+            **entry, "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
             "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
         })
     return result
@@ -116,7 +116,7 @@ def key_json(key: SecretKey) -> bytes:
     """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
     return json_bytes({
         "format": KEY_FORMAT, "version": 1, "secret": key.secret.hex(), "channels": key.geometry.channels,
-        "tile": key.geometry.tile, "groups": key.geometry.groups, "num_classes": key.num_classes,
+        "tile": key.geometry.tile, "groups": key.geometry.groups, "grain": key.geometry.grain, "num_classes": key.num_classes,
     })
 
 
@@ -129,8 +129,8 @@ def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretK
         data = json.loads(path.read_text())
         if data.get("format") != KEY_FORMAT:
             raise ValueError("not a uge-hf key file")
-        key = SecretKey(bytes.fromhex(data["secret"]), KeyGeometry(data["channels"], data["tile"], data["groups"]),
-                        data["num_classes"])
+        geometry = KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1))
+        key = SecretKey(bytes.fromhex(data["secret"]), geometry, data["num_classes"])
     except FileNotFoundError:
         raise UgeError(f"no key file at {path}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
