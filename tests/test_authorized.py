@@ -42,7 +42,7 @@ def test_load_authorized_refuses_an_edited_hash(folder):
     forged = ("f" if real[0] != "f" else "e") + real[1:]
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, forged))
-    with pytest.raises(UgeError, match=f"has sha256 {real}, but the card declares {forged}"):
+    with pytest.raises(UgeError, match=f"has sha256 {real} but the card declares {forged}"):
         uge_hf.load_authorized(folder)
 
 
@@ -58,7 +58,7 @@ def test_load_authorized_refuses_weights_and_card_swapped_together(folder):
     (folder / "authorized" / f"{SPEC}.safetensors").write_bytes(other)
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, hashlib.sha256(other).hexdigest()))
-    with pytest.raises(UgeError, match=f"is not the sha256 of that spec rebuilt here \\({real}\\)"):
+    with pytest.raises(UgeError, match=f"is not that of {SPEC} with 4 classes rebuilt here \\({real}\\)"):
         uge_hf.load_authorized(folder)
 
 

@@ -196,7 +196,8 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
             " (`--authorized-weights PATH`), the model.safetensors or private folder the publisher gave you"
         )
     if not path.is_file():
-        raise UgeError(f"no weights file at {path} (the initial weights of {net['spec']})")
+        where = f"no weights file at {path}" if weights is not None else f"the release has no {net['weights']}"
+        raise UgeError(f"{where} (the initial weights of {net['spec']})")
     return path.read_bytes()
 
 

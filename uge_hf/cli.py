@@ -136,7 +136,7 @@ def _print_summary(release: Path) -> None:
     console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
     console.print(f"release written to {release.resolve()} (method {uge['method']})")
     for net in uge["authorized"]:
-        console.print(f"authorized {net['spec']}: weights sha256 {net['init_sha256']}")
+        console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
     if any(net.get("private") for net in uge["authorized"]):
         console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
                       " (keep it; never publish it)")
