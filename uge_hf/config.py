@@ -73,11 +73,11 @@ class KeyedSettings:
     """
 
     tile: int = 8  # side in pixels of the square regions S is tiled over (the texture's period)
-    groups: int = 10  # dimensions of S per region (C * tile * tile positions split into this many +-1 patterns)
-    grain: int = 1  # side of the cells (pixels) that share a group and a sign: 1 = pixel-level texture
-    # "random": a sign per image and region; "image": one per image (both leave no class mean for a linear attack);
-    # "fixed": none (the class mean is the texture itself)
-    signs: str = "random"
+    groups: int = 12  # dimensions of S per region (its C x (tile / grain)^2 cells split into this many +-1 patterns)
+    grain: int = 4  # side in pixels of the cells that share a group and a sign (4: a coarse, 4x4-block texture)
+    # "image": one sign per image (no class mean for a linear attack, the texture stays periodic); "random": a sign
+    # per image and region; "fixed": none (the class mean is the texture itself)
+    signs: str = "image"
     amplitude: int | None = None  # largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)
     pull: int | None = None  # levels T(x) moves pixels near 0/255 inward so they can carry +-delta; None: bound // 2
 

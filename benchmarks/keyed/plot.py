@@ -27,12 +27,12 @@ def main() -> None:
     clean = next(r for r in records if r["variant"] == "clean")
     key_cost = {}
     for r in records:
-        match = re.fullmatch(r"clean-t(\d+)g(\d+)", r["variant"])
+        match = re.fullmatch(r"clean-(t\d+g\d+(?:r\d+)?)", r["variant"])
         if match and "keyed-resnet18-w16-seed0" in r:
             key_cost[match.groups()] = clean["resnet18-w16-seed1"] - r["keyed-resnet18-w16-seed0"]
     figure, axes = plt.subplots(figsize=(6, 4))
     for r in records:
-        match = re.fullmatch(r"t(\d+)g(\d+)-.*", r["variant"])
+        match = re.fullmatch(r"(t\d+g\d+(?:r\d+)?)-.*", r["variant"])
         measured = [h for h in HACKERS if h in r]
         if not match or not measured:
             continue

@@ -63,8 +63,8 @@ def main() -> None:
         stage = None
         if name.startswith("clean"):
             images = train.images
-            tile, groups = (int(v) for v in re.fullmatch(r"clean(?:-t(\d+)g(\d+))?", name).groups(default="8"))
-            key = SecretKey(SWEEP_KEY, KeyGeometry(3, tile, groups), 10)
+            tile, groups, grain = (int(v) for v in re.fullmatch(r"clean(?:-t(\d+)g(\d+)(?:r(\d+))?)?", name).groups(default="1"))
+            key = SecretKey(SWEEP_KEY, KeyGeometry(3, tile, groups, grain), 10)
             stage = key.stage() if "-t" in name else None
         else:
             match = VARIANT.fullmatch(name)
