@@ -73,7 +73,7 @@ def release_copy(tiny_release, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_release, tmp_path / "cifar-uge"))
 
 
-KEYED_OPTIONS = dict(authorized="resnet18-w4-seed0", method="keyed", keyed={"tile": 4, "groups": 6},
+KEYED_OPTIONS = dict(authorized="resnet18-w4-seed0", method="keyed", keyed={"tile": 4, "groups": 6, "grain": 2},
                      recipe={"epochs": 2, "batch_size": 8})
 
 

@@ -118,9 +118,9 @@ def test_a_key_file_protects_more_data_for_the_same_authorized_party(keyed_relea
     first, second = read_uge_block(keyed_release), read_uge_block(tmp_path / "more")
     assert first["authorized"][0]["init_sha256"] == second["authorized"][0]["init_sha256"]
     assert (private_of(tmp_path / "more") / "key.json").read_bytes() == (private_of(keyed_release) / "key.json").read_bytes()
-    with pytest.raises(UgeError, match="tile 4 / groups 6 / grain 1"):
+    with pytest.raises(UgeError, match="tile 4 / groups 6 / grain 2"):
         uge_hf.protect(more, output_dir=tmp_path / "other", key_file=str(private_of(keyed_release)),
-                       **{**KEYED_OPTIONS, "keyed": {"tile": 8, "groups": 6}})
+                       **{**KEYED_OPTIONS, "keyed": {"tile": 8, "groups": 6, "grain": 2}})
     with pytest.raises(UgeError, match="not a uge-hf key file"):
         (tmp_path / "bad.json").write_text("{}")
         uge_hf.protect(more, output_dir=tmp_path / "bad", key_file=str(tmp_path / "bad.json"), **KEYED_OPTIONS)
@@ -147,7 +147,8 @@ def test_cli_protect_keyed_and_verify_private_weights(tmp_path):
     runner = CliRunner()
     out = tmp_path / "rel"
     result = runner.invoke(app, ["protect", str(source), "--method", "keyed", "--authorized", "resnet18-w4-seed0",
-                                 "--set", "keyed.tile=4", "--set", "keyed.groups=6", "--output", str(out)])
+                                 "--set", "keyed.tile=4", "--set", "keyed.groups=6", "--set", "keyed.grain=2",
+                                 "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "rel.private" in result.output and "keyed" in result.output
     result = runner.invoke(app, ["verify", str(out), "--authorized-weights", str(private_of(out))])

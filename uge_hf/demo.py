@@ -112,7 +112,7 @@ def _load_assets(folder: Path) -> DemoAssets:
 # Protect an image
 
 
-DEMO_KEY = "demo-key.json"  # a public key for the page (it authorizes nothing of value): tile 8, 10 groups, 10 classes
+DEMO_KEY = "demo-key.json"  # a public key for the page (it authorizes nothing of value), the default key settings
 DEMO_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEMO_METHODS = ("keyed", "gradient-matching")
 
@@ -543,7 +543,7 @@ def _protect_intro(assets: DemoAssets) -> str:
 Upload an image (or pick a sample below), choose rho and press **Protect**: you get the protected image, the
 noise that was added (amplified: mid-grey is zero, white/black is +-bound) and how far it is from your image.
 
-**keyed** (default) adds the keyed method's class texture (8x8 tiles, a sign per tile) with this page's public demo
+**keyed** (default) adds the keyed method's class texture (8x8 tiles of 4x4 cells, one sign per image) with this page's public demo
 key (`{DEMO_KEY}`; a real release draws a secret key and keeps it in `OUTPUT.private/`): the authorized network's key
 stage removes it exactly. **gradient-matching** runs the paper's generator:
 

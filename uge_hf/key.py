@@ -9,18 +9,19 @@ in S, so K(x_u) = K(T(x)): the authorized network trains on what it would see fr
 at every step of every trajectory, which is the paper's L_gm = 0 (Ye & Wang, CVPR 2024, Eq. 5-6) by construction.
 
 S is built from tiles. The image is cut into `tile` x `tile` regions (a border that does not fill a region is left
-alone); the key splits the C * tile * tile positions of a region into `groups` disjoint groups and gives every
-position a sign, so group j of region r is the +-1 pattern b_j(r). S = span{b_j(r)}: `groups` dimensions per region,
-the same patterns in every region. The groups are disjoint, so U is b_j(r) / sqrt(|group j|) with no QR needed.
+alone), each region into `grain` x `grain` cells per channel; the key splits the cells of a region into `groups`
+disjoint groups and gives every cell a sign, so group j of region r is the +-1 pattern b_j(r). S = span{b_j(r)}:
+`groups` dimensions per region, the same patterns in every region. The groups are disjoint, so U is
+b_j(r) / sqrt(|group j|) with no QR needed.
 
 The perturbation is a class texture repeated across the image (an availability shortcut, as in synthetic and
 autoregressive poisons, which survive crops because a texture is the same at every shift):
 
     delta = sum_r eta_r sum_j eps_{y,j} s_{r,j} b_j(r),
 
-eps_y in {-1, +1}^groups: the class's code (from the key); eta_r in {-1, +1}: a per image and region sign (from
-the key and the row index), so every class's mean perturbation is ~0 and a linear classifier finds nothing to
-latch on; s_{r,j}: the largest integer amplitude <= `amplitude` levels that every pixel of the group can carry
+eps_y in {-1, +1}^groups: the class's code (from the key); eta_r in {-1, +1}: a sign per image (or per image and
+region) from the key and the row index, so every class's mean perturbation is ~0 and a linear classifier finds
+nothing to latch on; s_{r,j}: the largest integer amplitude <= `amplitude` levels that every pixel of the group can carry
 without leaving [0, 255] or the L-inf bound. Everything is an integer, so delta is in S exactly (no rounding), and
 no pixel is ever clipped (clipping would leave a class-correlated residual outside S that the authorized network
 learns). T(x) pulls pixels within `pull` levels of 0 or 255 inward to `pull` / 255 - `pull`: a function of x alone,
