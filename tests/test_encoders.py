@@ -176,7 +176,7 @@ def test_surrogate_fit_prototypes_and_centring(surrogate_data):
 def test_surrogate_refuses_a_wrong_class_count_and_empty_classes(surrogate_data):
     data = surrogate_data
     encoder = SurrogateEncoder.fit(make_backbone(0), **data)
-    with pytest.raises(UgeError):
+    with pytest.raises(UgeError, match="knows 3 classes, but 2 were asked for"):
         encoder.encode_classes(["a", "b"])
     with pytest.raises(UgeError, match="no rows"):
         SurrogateEncoder.fit(make_backbone(0), num_classes=4, **data)

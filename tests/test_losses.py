@@ -104,7 +104,7 @@ def test_least_similar_class_never_returns_the_true_label():
 
 
 def test_least_similar_class_needs_two_classes():
-    with pytest.raises(UgeError):
+    with pytest.raises(UgeError, match="at least two classes"):
         least_similar_class(torch.randn(3, 2), torch.randn(1, 2), torch.zeros(3, dtype=torch.long))
 
 
