@@ -120,3 +120,12 @@ def test_odd_inputs_are_one_line_errors_before_any_training(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "split 'test', row 1, column 'label': label 'c' is not one of the 2 classes of split 'train'" in result.output
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.uge-work").exists()
+
+
+def test_version_and_short_help():
+    from uge_hf import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"uge-hf {__version__}"
+    result = runner.invoke(app, ["protect", "-h"])
+    assert result.exit_code == 0 and "--method" in result.output and "--key" in result.output

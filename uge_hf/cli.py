@@ -12,7 +12,23 @@ import typer
 
 from .errors import UgeError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ungeneralizable examples for Hugging Face datasets.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ungeneralizable examples for Hugging Face datasets.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"uge-hf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+) -> None:
+    """Ungeneralizable examples for Hugging Face datasets: protect, evaluate, verify, push, demo."""
 
 
 def _user_errors(command):

@@ -52,6 +52,11 @@ class Recipe:
         return self.epochs * math.ceil(num_samples / self.batch_size)
 
 
+def pixel_bound(rho: float) -> int:
+    """The L-inf bound in 8-bit levels that rho (on [0, 1] pixels) allows: floor(rho * 255), robust to float noise."""
+    return math.floor(rho * 255 + 1e-9)
+
+
 def _nested(cls, value, name: str):
     """A nested settings dataclass from itself or a dict, unknown fields named in a UgeError."""
     if isinstance(value, cls):
@@ -188,7 +193,7 @@ class ProtectConfig:
     @property
     def pixel_bound(self) -> int:
         """The bound in 8-bit levels that every released pixel obeys: floor(rho * 255)."""
-        return math.floor(self.rho * 255 + 1e-9)
+        return pixel_bound(self.rho)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

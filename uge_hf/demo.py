@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import pixel_bound
 from .errors import UgeError
 
 MAX_SIDE = 1024  # a longer side is downscaled (Lanczos) to this, with a note on the page
@@ -241,7 +242,7 @@ def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: 
         raise UgeError(f"unknown method {method!r}: the demo runs {', '.join(DEMO_METHODS)}")
     rho = check_rho(rho, assets.rho)
     original, notes = load_upload(image)
-    pixel_bound = math.floor(rho * 255 + 1e-9)
+    bound = pixel_bound(rho)
     source = torch.from_numpy(original).permute(2, 0, 1).unsqueeze(0).contiguous()
     if method == "keyed":
         from .key import protect_keyed
@@ -249,11 +250,11 @@ def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: 
 
         if label not in DEMO_CLASSES:
             raise UgeError(f"unknown class {label!r}: the demo key has {', '.join(DEMO_CLASSES)}")
-        keyed = protect_keyed(source, torch.tensor([DEMO_CLASSES.index(label)]), load_secret_key(assets.folder / DEMO_KEY), pixel_bound)
+        keyed = protect_keyed(source, torch.tensor([DEMO_CLASSES.index(label)]), load_secret_key(assets.folder / DEMO_KEY), bound)
         protected = keyed.images
         notes.append(f"keyed: invariance residual |K(x_u) - K(T(x))| = {keyed.invariance_levels.max().item():.1e} levels")
     else:
-        protected = protect_images(assets.generator, source, rho, pixel_bound, "cpu")
+        protected = protect_images(assets.generator, source, rho, bound, "cpu")
     protected_array = protected[0].permute(1, 2, 0).contiguous().numpy()
     metrics = perturbation_stats(source, protected)
     metrics["ssim"] = round(ssim(original, protected_array), 4)
@@ -262,7 +263,7 @@ def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: 
     stem = re.sub(r"[^\w.-]+", "_", name or "image")[:80] or "image"
     png_path = Path(tempfile.mkdtemp(dir=_output_dir())) / f"{stem}-protected.png"
     Image.fromarray(protected_array, "RGB").save(png_path, format="PNG")  # lossless: what you see is what you get
-    return Protection(original, protected_array, rho, pixel_bound, metrics, png_path, notes, method)
+    return Protection(original, protected_array, rho, bound, metrics, png_path, notes, method)
 
 
 def _output_dir(keep_seconds: float = 3600) -> Path:
@@ -585,7 +586,7 @@ def build_app(assets_dir: str | os.PathLike | None = None) -> "gr.Blocks":  # no
                     rho = gr.Slider(
                         round(math.ceil(MIN_RHO / RHO_STEP) * RHO_STEP, 6), assets.rho, value=assets.rho, step=RHO_STEP,
                         label="rho (L-inf bound on [0, 1] pixels)",
-                        info=f"{assets.rho} = the training value ({math.floor(assets.rho * 255 + 1e-9)} levels); smaller clamps G's output",
+                        info=f"{assets.rho} = the training value ({pixel_bound(assets.rho)} levels); smaller clamps G's output",
                         elem_id="rho",
                     )  # fmt: skip
                     method = gr.Radio(list(DEMO_METHODS), value="keyed", label="method", elem_id="method",
