@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= out/cifar10-sample-uge
 
-.PHONY: setup browser demo test test-fast clean
+.PHONY: setup browser demo demo-paper test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -17,12 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# Protect the embedded 500-image CIFAR-10 sample, offline (surrogate encoder), in a few minutes on 2 CPU cores.
+# Protect the embedded 500-image CIFAR-10 sample offline with the keyed method (seconds); the key goes to
+# $(DEMO_OUT).private. `make demo-paper` runs the paper's method instead (surrogate encoder, a few minutes on 2 cores).
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/uge-hf protect examples/cifar10-sample \
+	HF_HUB_OFFLINE=1 $(BIN)/uge-hf protect examples/cifar10-sample --method keyed \
+		--authorized resnet18-w16-seed0 --set recipe.epochs=15 --output $(DEMO_OUT) --overwrite
+
+demo-paper: setup
+	HF_HUB_OFFLINE=1 $(BIN)/uge-hf protect examples/cifar10-sample --method gradient-matching \
 		--authorized resnet18-w16-seed0 --encoder surrogate \
 		--trajectory-epochs 15 --generator-epochs 10 --batch-size 64 --set recipe.batch_size=64 \
-		--output $(DEMO_OUT) --overwrite
+		--output $(DEMO_OUT)-paper --overwrite
 
 # The demo's browser test (tests/test_demo.py) drives a system Chromium with playwright. Installed here when
 # missing, from Debian's package (as root, or with passwordless sudo); a no-op once present.

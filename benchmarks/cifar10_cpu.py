@@ -71,7 +71,7 @@ def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | N
         test_rows=2_000,
         validation_start=8_000 if validation else None,
         protect=dict(
-            authorized=["resnet18-w16-seed0"], encoder="surrogate", rho=0.04, seed=0, solver=solver,
+            method="gradient-matching", authorized=["resnet18-w16-seed0"], encoder="surrogate", rho=0.04, seed=0, solver=solver,
             recipe={"epochs": EPOCHS, "batch_size": 128}, generator_epochs=3, batch_size=128,
             generator_channels=16, generator_blocks=2, surrogate_epochs=10, per_sample_steps=5,
             **variant_settings(solver, ablation),

@@ -27,6 +27,7 @@ ROOT = HERE.parent
 SAMPLE = ROOT / "examples" / "cifar10-sample"
 
 SETTINGS = dict(
+    method="gradient-matching",
     authorized="resnet18-w16-seed0",
     encoder="surrogate",
     rho=0.04,

@@ -43,6 +43,7 @@ def tiny_dataset() -> DatasetDict:
 
 # The smallest settings that still exercise every part of the pipeline: all three losses, checkpoints, resume.
 TINY_OPTIONS = dict(
+    method="gradient-matching",
     authorized="resnet18-w4-seed0",
     encoder="surrogate",
     undistill_hacker="lenet-w2-seed1",

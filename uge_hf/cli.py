@@ -68,7 +68,7 @@ def _parse_settings(settings: list[str]) -> dict:
 @_user_errors
 def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
-    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network) or gradient-matching (the paper's UGE)  [default: gradient-matching]")] = None,
+    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network) or gradient-matching (the paper's UGE)  [default: keyed]")] = None,
     key: Annotated[Optional[Path], typer.Option(help="keyed: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
     authorized: Annotated[Optional[list[str]], typer.Option(help="Authorized network ARCH[-wWIDTH]-seedN; repeat for several")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="CLIP Hub id or local path, or 'surrogate'")] = None,
