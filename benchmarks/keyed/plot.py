@@ -29,18 +29,23 @@ def main() -> None:
     for r in records:
         match = re.fullmatch(r"clean-(t\d+g\d+(?:r\d+)?)", r["variant"])
         if match and "keyed-resnet18-w16-seed0" in r:
-            key_cost[match.groups()] = clean["resnet18-w16-seed1"] - r["keyed-resnet18-w16-seed0"]
-    figure, axes = plt.subplots(figsize=(6, 4))
+            key_cost[match.group(1)] = clean["resnet18-w16-seed1"] - r["keyed-resnet18-w16-seed0"]
+    merged: dict[str, dict] = {}  # a variant measured in several runs (one hacker each): one point
     for r in records:
-        match = re.fullmatch(r"(t\d+g\d+(?:r\d+)?)-.*", r["variant"])
-        measured = [h for h in HACKERS if h in r]
-        if not match or not measured:
+        merged.setdefault(r["variant"], {}).update({h: r[h] for h in HACKERS if h in r})
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for variant, values in merged.items():
+        match = re.fullmatch(r"(t\d+g\d+(?:r\d+)?)-.*", variant)
+        if not match or not values:
             continue
-        worst = max(r[h] / clean[h] for h in measured)
-        cost = key_cost.get(match.groups())
-        axes.scatter(cost if cost is not None else 0, worst, label=f"{r['variant']} ({', '.join(h.split('-')[0] for h in measured)})")
+        worst = max(values[h] / clean[h] for h in values)
+        cost = key_cost.get(match.group(1))
+        hackers = ", ".join(h.split("-")[0] for h in values)
+        axes.scatter(cost if cost is not None else 0, worst, facecolors=None if cost is not None else "none",
+                     edgecolors="C0" if cost is None else None,
+                     label=f"{variant} ({hackers}){'' if cost is not None else '; key cost not measured: at 0'}")
     axes.axhline(0.3, ls="--", c="grey", lw=0.8)
-    axes.set_xlabel("key stage cost on clean data (points; 0 where not measured)")
+    axes.set_xlabel("key stage cost on clean data (points; hollow: not measured)")
     axes.set_ylabel("worst hacker: protected / clean accuracy")
     axes.set_title("keyed designs, validation slice, one seed")
     axes.legend(fontsize=6)
