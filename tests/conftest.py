@@ -57,15 +57,20 @@ TINY_OPTIONS = dict(
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_release(tmp_path_factory) -> Path:
-    """One tiny release made with TINY_OPTIONS, shared by the tests that only read it."""
+def _shared_release(tmp_path_factory, name: str, options: dict) -> Path:
+    """A tiny release of the standard tiny source (32 train rows, 12 test rows) made once per session."""
     import uge_hf
 
     source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("shared") / "cifar-uge"
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
+    output = tmp_path_factory.mktemp(name) / name
+    uge_hf.protect(source, output_dir=output, **options)
     return output
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> Path:
+    """One tiny release made with TINY_OPTIONS, shared by the tests that only read it."""
+    return _shared_release(tmp_path_factory, "cifar-uge", TINY_OPTIONS)
 
 
 @pytest.fixture
@@ -81,9 +86,4 @@ KEYED_OPTIONS = dict(authorized="resnet18-w4-seed0", method="keyed", keyed={"til
 @pytest.fixture(scope="session")
 def keyed_release(tmp_path_factory) -> Path:
     """One tiny keyed release (and its OUTPUT.private folder beside it), shared by the tests that only read it."""
-    import uge_hf
-
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("keyed") / "cifar-keyed"
-    uge_hf.protect(source, output_dir=output, **KEYED_OPTIONS)
-    return output
+    return _shared_release(tmp_path_factory, "cifar-keyed", KEYED_OPTIONS)
