@@ -20,7 +20,7 @@ from .conftest import make_image_dataset
 runner = CliRunner()
 
 TINY_FLAGS = [
-    "--method", "gradient-matching", "--authorized", "resnet18-w4-seed0", "--encoder", "surrogate", "--trajectory-epochs", "1",
+    "--method", "gradient-matching", "--set", "publish_authorized=true", "--authorized", "resnet18-w4-seed0", "--encoder", "surrogate", "--trajectory-epochs", "1",
     "--generator-epochs", "1", "--batch-size", "8", "--set", "recipe.batch_size=8", "--set", "generator_channels=4",
     "--set", "generator_blocks=1", "--set", "surrogate_epochs=1", "--set", "undistill_hacker=lenet-w2-seed1",
 ]

@@ -37,7 +37,7 @@ WRITE, READ = "hf_write_token", "hf_read_token"
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 runner = CliRunner()
 TINY_FLAGS = [  # TINY_OPTIONS as `uge-hf protect` flags (one trajectory and one generator epoch)
-    "--method", "gradient-matching", "--authorized", "resnet18-w4-seed0", "--encoder", "surrogate", "--trajectory-epochs", "1",
+    "--method", "gradient-matching", "--set", "publish_authorized=true", "--authorized", "resnet18-w4-seed0", "--encoder", "surrogate", "--trajectory-epochs", "1",
     "--generator-epochs", "1", "--batch-size", "8", "--set", "recipe.batch_size=8", "--set", "generator_channels=4",
     "--set", "generator_blocks=1", "--set", "surrogate_epochs=1", "--set", "undistill_hacker=lenet-w2-seed1",
 ]

@@ -371,12 +371,35 @@ def test_array_images_are_protected_as_the_user_sees_them(tmp_path, dtype):
 def test_a_broken_image_in_a_copied_split_fails_before_any_training(tiny_dataset, tmp_path, monkeypatch):
     from datasets import DatasetDict, Image
 
-    from uge_hf import pipeline
+    from uge_hf.methods import gradient_matching
 
     test = tiny_dataset["test"].cast_column("picture", Image(decode=False))
     test = test.map(lambda row, i: {"picture": {"bytes": b"broken" if i == 3 else row["picture"]["bytes"], "path": None}},
                     with_indices=True).cast_column("picture", Image())
-    monkeypatch.setattr(pipeline, "compute_trajectory", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(gradient_matching, "compute_trajectory", lambda *a, **k: pytest.fail("trained before validating"))
     with pytest.raises(UgeError, match="split 'test', row 3, column 'picture': could not decode the image"):
         uge_hf.protect(DatasetDict(train=tiny_dataset["train"], test=test), output_dir=tmp_path / "out", **TINY_OPTIONS)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.uge-work").exists()
+
+
+def test_gradient_matching_keeps_a_secret_init_private_by_default(tiny_dataset, tmp_path):
+    """Without publish_authorized the init comes from a secret seed: in OUTPUT.private/, its sha256 in the card."""
+    from uge_hf.specs import build_model, init_state_bytes
+
+    options = {**TINY_OPTIONS, "publish_authorized": False, "generator_epochs": 1, "recipe": {"epochs": 1, "batch_size": 8}}
+    output = tmp_path / "release"
+    uge_hf.protect(tiny_dataset, output_dir=output, **options)
+    private = tmp_path / "release.private"
+    weights = private / "authorized" / "resnet18-w4-seed0" / "model.safetensors"
+    assert weights.is_file() and not (output / "authorized").exists()
+    (net,) = DatasetCard.load(output / "README.md").data.to_dict()["uge"]["authorized"]
+    assert net["private"] is True and net["seed"] is None and net["weights"] is None
+    assert net["init_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert weights.read_bytes() != init_state_bytes(build_model("resnet18-w4-seed0", 4))  # not the public seed's init
+    checks = {c.name: c for c in uge_hf.verify_release(output, authorized_weights=private)}
+    assert all(c.ok for c in checks.values()), [str(c) for c in checks.values() if not c.ok]
+    with pytest.raises(UgeError, match="private"):
+        uge_hf.load_authorized(output)
+    model = uge_hf.load_authorized(output, weights=weights)
+    assert init_state_bytes(model) == weights.read_bytes()
+    assert "secret" in (output / "README.md").read_text()

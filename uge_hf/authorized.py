@@ -205,7 +205,8 @@ def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[
     """Why `content` (the file `name`) is not `net`'s declared initial weights ([] when it is).
 
     Checks sha256(content) == the card's `init_sha256`, and that the backbone equals the spec rebuilt on this
-    machine: the whole file for public weights (`uge_hf.init_sha256`), the `backbone.*` tensors of a keyed file.
+    machine: the whole file for public weights (`uge_hf.init_sha256`), the `backbone.*` tensors of a keyed file; a
+    secret init (no seed in the card) must hold the spec's architecture.
     """
     from safetensors.torch import load
 
@@ -225,6 +226,11 @@ def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[
                 problems.append(f"the backbone in the weights is not {net['spec']} with {net['num_classes']} classes rebuilt here")
             if not any(k.startswith(KEY_STAGE_PREFIX) for k in tensors):
                 problems.append("the weights hold no key stage")
+        elif net.get("seed") is None:  # a secret init: the weights must fit the spec's architecture, exactly
+            tensors = load(content)
+            expected = build_model(net["spec"], net["num_classes"]).state_dict()
+            if tensors.keys() != expected.keys() or any(tensors[k].shape != expected[k].shape for k in expected):
+                problems.append(f"{name} does not hold a {net['arch']} of width {net['width']} with {net['num_classes']} classes")
         else:
             rebuilt = init_sha256(net["spec"], net["num_classes"])
             if net["init_sha256"] != rebuilt:

@@ -70,6 +70,7 @@ def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
     method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network) or gradient-matching (the paper's UGE)  [default: keyed]")] = None,
     key: Annotated[Optional[Path], typer.Option(help="keyed: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
+    publish_authorized: Annotated[bool, typer.Option(help="gradient-matching: publish the authorized init weights in the release (reproduction studies) instead of a secret init in OUTPUT.private/")] = False,
     authorized: Annotated[Optional[list[str]], typer.Option(help="Authorized network ARCH[-wWIDTH]-seedN; repeat for several")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="CLIP Hub id or local path, or 'surrogate'")] = None,
     rho: Annotated[Optional[float], typer.Option(help="L-inf bound on [0, 1] pixels")] = None,
@@ -114,11 +115,12 @@ def protect(
         values[name] = {**values[name], **value} if isinstance(values.get(name), dict) and isinstance(value, dict) else value
     options = {
         "method": method, "key_file": str(key) if key is not None else None,
+        "publish_authorized": publish_authorized or None,
         "authorized": authorized, "encoder": encoder, "rho": rho, "seed": seed, "generator_epochs": generator_epochs,
         "batch_size": batch_size, "splits": split, "image_column": image_column, "label_column": label_column,
         "image_size": image_size, "mixed_precision": mixed_precision,
     }
-    values.update({key: value for key, value in options.items() if value not in (None, [])})
+    values.update({name: value for name, value in options.items() if value not in (None, [])})
     if trajectory_epochs is not None:
         values["recipe"] = {**values["recipe"], "epochs": trajectory_epochs}
     output = output or Path(f"{Path(dataset).name}-uge")

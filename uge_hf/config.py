@@ -144,6 +144,9 @@ class ProtectConfig:
     mixed_precision: str = "no"  # Accelerate's mixed precision for G's training: "no", "fp16" or "bf16"
     checkpoint_every: int = 200  # G's training state is saved every this many steps (for resume)
     release_generator: bool = False  # ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it
+    # gradient-matching: publish the authorized init weights in the release (reproduction studies). Off: they come
+    # from a secret init seed and go to OUTPUT.private/ (the card holds their sha256); keyed: always private
+    publish_authorized: bool = False
     num_shards: int | None = None  # parquet shards per split; None: about 500 MB of images per shard
 
     def __post_init__(self) -> None:
@@ -153,6 +156,8 @@ class ProtectConfig:
             raise UgeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.key_file is not None and self.method != "keyed":
             raise UgeError("a key file only applies to the keyed method (--method keyed)")
+        if self.publish_authorized and self.method == "keyed":
+            raise UgeError("the keyed method's authorization is its key, which is never published: drop publish_authorized")
         if isinstance(self.authorized, str):
             self.authorized = [self.authorized]
         if isinstance(self.splits, str):

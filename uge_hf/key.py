@@ -119,9 +119,18 @@ class KeyStage(nn.Module):
         return out
 
     def forward(self, images: Tensor) -> Tensor:
-        v = self.regions(images)
-        basis = self.basis.to(v.dtype)
-        return self.from_regions(v - (v @ basis.T) @ basis, images)
+        v = self.regions(images).double()  # float64 inside: the projection adds no float32 rounding of its own
+        kept = v - (v @ self.basis.T) @ self.basis
+        return self.from_regions(kept.to(images.dtype), images)
+
+    def from_levels(self, images: Tensor) -> Tensor:
+        """K of uint8 images (N, C, H, W) -> float32 [0, 1]-scaled keyed images: K(levels) / 255.
+
+        The same as `forward(images / 255)` but exact for 8-bit data: K acts on the integer levels in float64, so
+        K(x_u) and K(T(x)) give bit-identical float32 inputs (on float32 x / 255 they differ by float rounding,
+        ~6e-8, which training, being chaotic, amplifies). The training loop uses it for uint8 images.
+        """
+        return (self(images.double()) / 255).float()
 
 
 @dataclass(frozen=True)

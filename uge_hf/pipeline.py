@@ -61,6 +61,9 @@ def protect(
     if output_dir is None and config.method == "keyed" and config.key_file is None:
         raise UgeError("the keyed method needs an output folder: its key is written to OUTPUT.private/ beside it"
                        " (or pass key_file= to protect with an existing key)")
+    if output_dir is None and config.method == "gradient-matching" and not config.publish_authorized:
+        raise UgeError("the authorized weights go to OUTPUT.private/ beside the release: give an output folder, or"
+                       " publish_authorized=True to make them public")
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
     splits = load_source(dataset)

@@ -137,12 +137,17 @@ def train_classifier(
 
 
 def _staged(images: Tensor, input_stage: nn.Module | None) -> Tensor:
-    """uint8 images -> [0, 1] floats, through `input_stage` when there is one (no gradient: it is fixed)."""
-    x = to_unit(images)
+    """uint8 images -> [0, 1] floats, through `input_stage` when there is one (no gradient: it is fixed).
+
+    A stage with `from_levels` (the key stage) takes the uint8 levels themselves, for an exact result.
+    """
     if input_stage is None:
-        return x
+        return to_unit(images)
     with torch.no_grad():
-        return input_stage.to(x.device)(x)
+        input_stage = input_stage.to(images.device)
+        if hasattr(input_stage, "from_levels"):
+            return input_stage.from_levels(images)
+        return input_stage(to_unit(images))
 
 
 def _diverged(description: str, what: str, epoch: int, recipe: Recipe) -> UgeError:

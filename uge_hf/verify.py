@@ -127,6 +127,8 @@ def _read_card(folder: Path) -> tuple[dict | None, str]:
         if not isinstance(net, dict):
             return wrong(f"authorized[{index}]", "is not a mapping")
         for key, kind in _NET_FIELDS.items():
+            if key == "seed" and net.get("private") and net.get(key) is None:
+                continue  # a private init: the spec names the architecture, the seed is secret
             if not isinstance(net.get(key), kind):
                 return wrong(f"authorized[{index}].{key}", f"is missing or not a {kind.__name__}")
         if not (isinstance(net.get("weights"), str) or net.get("private") is True):
@@ -136,7 +138,7 @@ def _read_card(folder: Path) -> tuple[dict | None, str]:
         except UgeError as e:
             return wrong(f"authorized[{index}].spec", f"is invalid: {e}")
         declared = (net["arch"], net["width"], net["seed"])
-        if declared != (spec.arch, spec.resolved_width, spec.seed):
+        if declared != (spec.arch, spec.resolved_width, spec.seed if net["seed"] is not None else None):
             return wrong(f"authorized[{index}]", f"arch/width/seed {declared} do not match its spec {net['spec']}")
         if net["num_classes"] != len(uge["class_names"]):
             return wrong(f"authorized[{index}].num_classes", f"is {net['num_classes']} but there are {len(uge['class_names'])} class names")

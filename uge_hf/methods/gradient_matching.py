@@ -48,15 +48,23 @@ def protect(inputs: MethodInput) -> MethodResult:
     accelerator = _accelerator(config.mixed_precision)
     work_dir = _work_dir(inputs.work_dir, config, clean, accelerator)
     cache = _Cache(work_dir, accelerator)
+    # The networks actually trained: the declared specs, or (private, the default) the same architectures with
+    # secret init seeds, drawn once and kept in the work folder so a resumed run uses the same ones.
+    inits = cache.get(
+        "authorized-inits.json",
+        lambda: {spec: spec if config.publish_authorized else _secret_init(spec) for spec in config.authorized},
+        lambda value, path: path.write_text(json.dumps(value)),
+        lambda path: json.loads(path.read_text()),
+    )
 
     trajectories = [
         cache.get(
-            f"trajectory-{spec}.safetensors",
-            lambda spec=spec: compute_trajectory(spec, clean.images, clean.labels, len(class_names), config.recipe, accelerator.device),
+            f"trajectory-{index}.safetensors",
+            lambda init=inits[spec]: compute_trajectory(init, clean.images, clean.labels, len(class_names), config.recipe, accelerator.device),
             lambda value, path: value.save(path),
-            lambda path, spec=spec: Trajectory.load(path, spec, len(class_names)),
+            lambda path, init=inits[spec]: Trajectory.load(path, init, len(class_names)),
         )
-        for spec in config.authorized
+        for index, spec in enumerate(config.authorized)
     ]
     encoder = _encoder(config, clean, cache, accelerator.device)
     features = cache.get(
@@ -84,10 +92,17 @@ def protect(inputs: MethodInput) -> MethodResult:
     if accelerator.is_main_process:
         result.protected = _apply(splits, config, generator, clean, protected_fit, inputs.image_column, inputs.label_column, accelerator.device)
         protected_fit = result.protected[config.splits[0]]
-        result.authorized = [
-            {**_authorized_entry(spec, len(class_names))[0], "weights": f"authorized/{spec}.safetensors"}
-            for spec in config.authorized
-        ]
+        for spec in config.authorized:
+            entry, weights = _authorized_entry(spec, inits[spec], len(class_names))
+            if config.publish_authorized:
+                result.authorized.append({**entry, "weights": f"authorized/{spec}.safetensors"})
+                result.public_files[f"authorized/{spec}.safetensors"] = weights
+                result.public_files[f"authorized/{spec}.json"] = json_bytes(_weights_json(entry, config, clean))
+            else:
+                result.authorized.append({**entry, "weights": None, "private": True})
+                result.private_files[f"authorized/{spec}/model.safetensors"] = weights
+                result.private_files[f"authorized/{spec}/config.json"] = json_bytes(
+                    {**_weights_json(entry, config, clean), "method": "gradient-matching"})
         result.card = {
             "encoder": {"name": encoder.name if config.encoder != "surrogate" else "surrogate", "revision": encoder.revision},
             "loss_weights": {"gm": config.lambda_gm, "fd": config.lambda_fd, "ud": config.lambda_ud,
@@ -97,7 +112,10 @@ def protect(inputs: MethodInput) -> MethodResult:
         }
         result.results = _measure(config, clean, trajectories, encoder, ctx, splits, protected_fit, losses,
                                   inputs.image_column, inputs.label_column, accelerator.device)
-        result.public_files = _release_files(config, clean, generator)
+        if config.release_generator:
+            from safetensors.torch import save
+
+            result.public_files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
     return result
 
 
@@ -196,10 +214,10 @@ def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losse
                       and config.keep_other_splits and has_every_label(splits[name], label_column)), None)
     test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
     nets = []
-    for trajectory in trajectories:
+    for spec, trajectory in zip(config.authorized, trajectories):  # the declared spec: a private init stays private
         model = trajectory.model()
         nets.append({
-            "spec": trajectory.spec,
+            "spec": spec,
             "clean_train_accuracy": round(accuracy(model, clean.images, clean.labels, device), 4),
             "clean_test_accuracy": round(accuracy(model, test.images, test.labels, device), 4) if test else None,
             "protected_train_accuracy": round(accuracy(model, protected, clean.labels, device), 4),
@@ -225,27 +243,28 @@ def _last_epoch_means(log: list[dict], epochs: int) -> dict:
     return {name: round(sum(e[name] for e in last_epoch) / len(last_epoch), 4) for name in last_epoch[0] if name != "step"}
 
 
-def _authorized_entry(spec_text: str, num_classes: int) -> tuple[dict, bytes]:
-    """What the card and the weights' json declare about one authorized network, and its initial weights."""
+def _secret_init(spec_text: str) -> str:
+    """The spec's architecture with a secret init seed (63 bits from `secrets`; torch seeds are 64-bit at most)."""
+    import dataclasses
+    import secrets
+
+    return str(dataclasses.replace(ModelSpec.parse(spec_text), seed=secrets.randbits(63)))
+
+
+def _authorized_entry(spec_text: str, init: str, num_classes: int) -> tuple[dict, bytes]:
+    """What the card declares about one authorized network, and its initial weights (built from `init`).
+
+    A private init (`init` != the declared spec) records no seed: the spec names the architecture only.
+    """
     spec = ModelSpec.parse(spec_text)
-    weights = init_state_bytes(build_model(spec, num_classes))
-    entry = {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
+    weights = init_state_bytes(build_model(init, num_classes))
+    entry = {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width,
+             "seed": spec.seed if init == spec_text else None,
              "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest()}
     return entry, weights
 
 
-def _release_files(config: ProtectConfig, clean: ClassificationTensors, generator) -> dict[str, bytes]:
-    files = {"uge_config.json": json_bytes(config.to_dict())}
-    for spec in config.authorized:
-        entry, weights = _authorized_entry(spec, len(clean.class_names))
-        files[f"authorized/{spec}.safetensors"] = weights
-        files[f"authorized/{spec}.json"] = json_bytes({
-            **entry,
-            "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
-            "recipe": vars(config.recipe),
-        })
-    if config.release_generator:
-        from safetensors.torch import save
-
-        files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
-    return files
+def _weights_json(entry: dict, config: ProtectConfig, clean: ClassificationTensors) -> dict:
+    """The sidecar of an authorized weights file: the card's entry, the input transform and the recipe."""
+    return {**entry, "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
+            "recipe": vars(config.recipe)}
