@@ -96,3 +96,24 @@ def test_bad_inputs_are_user_errors():
         protect_keyed(torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), key, BOUND)
     with pytest.raises(UgeError, match="pull"):
         protect_keyed(images(2), torch.zeros(2, dtype=torch.long), key, BOUND, pull=11)
+
+
+def test_the_invariance_check_catches_a_clipped_or_edited_pixel():
+    from uge_hf.key import invariance_residual
+
+    key = make_key()
+    source, labels = images(4), torch.arange(4)
+    out = protect_keyed(source, labels, key, BOUND)
+    adjusted = source.int().clamp(5, 250)
+    stage = key.stage()
+    assert invariance_residual(stage, out.images, adjusted).max() < 1e-9
+    leaked = out.images.clone()
+    leaked[1, 0, 3, 3] = (int(leaked[1, 0, 3, 3]) + 1) % 256  # one level off S, as a clipped pixel would be
+    residual = invariance_residual(stage, leaked, adjusted)
+    assert residual[1] > 0.5 and residual[[0, 2, 3]].max() < 1e-9
+    bordered = images(2, size=18)  # an 18-pixel image: a 2-pixel border outside the tiles, which K leaves alone
+    out = protect_keyed(bordered, labels[:2], key, BOUND)
+    assert invariance_residual(stage, out.images, bordered.int().clamp(5, 250)).max() < 1e-9
+    edited = out.images.clone()
+    edited[0, 2, 17, 17] ^= 1
+    assert invariance_residual(stage, edited, bordered.int().clamp(5, 250))[0] == 1

@@ -269,15 +269,23 @@ def protect_keyed(
     delta = direction * scale.gather(-1, index)
     protected = stage.from_regions(t + delta, adjusted).to(torch.uint8)
 
-    # The invariance check, on the released pixels: K(x_u) - K(T(x)) = K(x_u - T(x)) (K is linear), which is the
-    # in-region residual after removing S, plus whatever changed outside the tiled part (K leaves that alone).
-    change = protected.to(torch.int32) - adjusted
-    v = stage.regions(change).double()
-    basis = stage.basis
-    inside = (v - (v @ basis.T) @ basis).abs().flatten(1).amax(1)
-    change[:, :, : rows * stage.tile, : cols * stage.tile] = 0
     return KeyedOutput(
         images=protected,
-        invariance_levels=torch.maximum(inside, change.abs().flatten(1).amax(1).double()),
+        invariance_levels=invariance_residual(stage, protected, adjusted),
         mean_amplitude=delta.abs().float().mean().item(),
     )
+
+
+def invariance_residual(stage: KeyStage, protected: Tensor, adjusted: Tensor) -> Tensor:
+    """max |K(x_u) - K(T(x))| per image, in 8-bit levels (float64, (N,)), from the released uint8 pixels `protected`
+    and the int `adjusted` = T(x), both (N, C, H, W).
+
+    K is linear, so this is the residual of x_u - T(x) after removing S inside the tiled part, plus whatever changed
+    outside it (K leaves that alone). Exactly 0 when the perturbation lies in S.
+    """
+    change = protected.to(torch.int32) - adjusted.to(torch.int32)
+    v = stage.regions(change).double()
+    inside = (v - (v @ stage.basis.T) @ stage.basis).abs().flatten(1).amax(1)
+    rows, cols = v.shape[1], v.shape[2]
+    change[:, :, : rows * stage.tile, : cols * stage.tile] = 0
+    return torch.maximum(inside, change.abs().flatten(1).amax(1).double())
