@@ -1,4 +1,4 @@
-"""One table of every measured CPU-protocol variant (solvers and ablations), laid out like the paper's Table 1.
+"""One table of every measured CPU-protocol variant (methods, solvers, ablations), laid out like the paper's Table 1.
 
     python benchmarks/summary.py [--prefix cifar10_cpu]
 
@@ -6,6 +6,7 @@ Reads `benchmarks/results/{prefix}*.json` (written by cifar10_cpu.py) and writes
 per variant, a column per network and scheme, each cell the clean-test accuracy (%) of that network trained on
 the variant's release (Normal training unless the column names the scheme); the "Original" row is the same network
 trained on the clean rows. A cell is empty when the variant did not train that network (ablations train fewer).
+The keyed method's authorized network (its backbone behind the key stage) has a column of its own.
 """
 
 from __future__ import annotations
@@ -32,33 +33,52 @@ def ablation_of(name: str, solver: str, prefix: str) -> str | None:
     return next((a for a in ABLATIONS if variant_name(prefix, solver, a) == name), None)
 
 
+def method_of(payload: dict) -> str:
+    return payload["protocol"]["protect"].get("method", "gradient-matching")
+
+
+def column_of(row: dict, method: str) -> tuple[str, str]:
+    """A row's column: (network, scheme); the keyed authorized network (behind its key) is not the plain one."""
+    keyed = method == "keyed" and row["role"] == "authorized"
+    return (row["network"] + (" behind its key" if keyed else ""), row["scheme"])
+
+
 def summary(payloads: dict[str, dict], prefix: str = "cifar10_cpu") -> str:
-    """Rows in the paper's order: every solver with all three losses, then each ablation."""
-    variants = sorted(
-        ((name, payload["protocol"]["protect"].get("solver", "generator")) for name, payload in payloads.items()),
-        key=lambda item: (list(PAPER_NAMES).index(ablation_of(item[0], item[1], prefix)), SOLVERS.index(item[1])),
-    )
+    """Rows in the paper's order: every solver with all three losses, then each ablation; then the keyed method."""
+    def order(item):
+        name, solver, method = item
+        if method == "keyed":
+            return (len(PAPER_NAMES), 0)
+        return (list(PAPER_NAMES).index(ablation_of(name, solver, prefix)), SOLVERS.index(solver))
+
+    variants = sorted(((name, payload["protocol"]["protect"].get("solver", "generator"), method_of(payload))
+                       for name, payload in payloads.items()), key=order)
     columns: dict[tuple[str, str], str] = {}  # (network, scheme) -> header, in first-seen order
     original: dict[tuple[str, str], float] = {}
     for payload in payloads.values():
         for row in payload["rows"]:
-            key = (row["network"], row["scheme"])
-            columns.setdefault(key, row["network"] + ("" if row["scheme"] == "Normal" else f" {row['scheme']}")
+            key = column_of(row, method_of(payload))
+            columns.setdefault(key, key[0] + ("" if row["scheme"] == "Normal" else f" {row['scheme']}")
                               + (" (authorized)" if row["role"] == "authorized" else ""))
             original.setdefault(key, row["clean"])
-    header = ["variant", "solver", "losses", *columns.values(), "protect (min)", "results file"]
+    header = ["variant", "method", "solver / key", "losses", *columns.values(), "protect (min)", "results file"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append("| Original | - | - | " + " | ".join(f"{100 * original[k]:.1f}" for k in columns) + " | - | |")
-    noise = {(r["network"], r["scheme"]): r["protected"] for r in next(iter(payloads.values()))["noise_baseline_rows"]}
-    lines.append("| uniform noise, same rho | - | - | "
+    lines.append("| Original | - | - | - | " + " | ".join(f"{100 * original[k]:.1f}" for k in columns) + " | - | |")
+    noise_rows = next((p["noise_baseline_rows"] for p in payloads.values() if p["noise_baseline_rows"]), [])
+    noise = {(r["network"], r["scheme"]): r["protected"] for r in noise_rows}
+    lines.append("| uniform noise, same rho | - | - | - | "
                  + " | ".join(f"{100 * noise[k]:.1f}" if k in noise else "" for k in columns) + " | - | |")
-    for name, solver in variants:
+    for name, solver, method in variants:
         payload = payloads[name]
-        measured = {(r["network"], r["scheme"]): r["protected"] for r in payload["rows"]}
+        measured = {column_of(r, method): r["protected"] for r in payload["rows"]}
         cells = [f"{100 * measured[k]:.1f}" if k in measured else "" for k in columns]
         minutes = payload["timings_s"]["protect"] / 60
-        lines.append(f"| {PAPER_NAMES[ablation_of(name, solver, prefix)]} | {solver} | {loss_terms(payload['protocol']['protect'])} | "
-                     + " | ".join(cells) + f" | {minutes:.1f} | `{name}` |")
+        if method == "keyed":
+            key = ProtectConfig(**payload["protocol"]["protect"]).keyed
+            label, how, losses = "Keyed", f"tile {key.tile}, grain {key.grain}, {key.groups} groups, signs {key.signs}", "-"
+        else:
+            label, how, losses = PAPER_NAMES[ablation_of(name, solver, prefix)], solver, loss_terms(payload["protocol"]["protect"])
+        lines.append(f"| {label} | {method} | {how} | {losses} | " + " | ".join(cells) + f" | {minutes:.1f} | `{name}` |")
     return "\n".join(lines) + "\n"
 
 
