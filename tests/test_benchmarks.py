@@ -74,12 +74,18 @@ def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
     full = payload({}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.68), ("cnn-seed1", "hacker", "Normal", 0.6, 0.3),
                         ("cnn-seed1", "hacker", "Distill", 0.65, 0.4)])
     unlearn = payload({"lambda_gm": 0, "lambda_ud": 0}, [("resnet18-w4-seed0", "authorized", "Normal", 0.7, 0.5)])
-    lines = summary.summary({"cifar10_cpu_unlearn": unlearn, "cifar10_cpu": full}).splitlines()
-    assert lines[0].split(" | ")[3:6] == ["resnet18-w4-seed0 (authorized)", "cnn-seed1", "cnn-seed1 Distill"]
-    assert lines[2] == "| Original | - | - | 70.0 | 60.0 | 65.0 | - | |"
-    assert lines[3] == "| uniform noise, same rho | - | - | 69.0 |  |  | - | |"
-    assert lines[4] == "| UGE | generator | gm + fd + 0.5 ud | 68.0 | 30.0 | 40.0 | 2.0 | `cifar10_cpu` |"
-    assert lines[5] == "| Unlearn | generator | fd | 50.0 |  |  | 2.0 | `cifar10_cpu_unlearn` |"
+    keyed = payload({"method": "keyed"}, [("resnet18-w4-seed0", "authorized", "Normal", 0.69, 0.69),
+                                          ("cnn-seed1", "hacker", "Normal", 0.6, 0.1)])
+    keyed["noise_baseline_rows"] = []  # the keyed protocol runs no noise baseline: the row comes from another variant
+    lines = summary.summary({"cifar10_cpu_unlearn": unlearn, "cifar10_cpu": full, "cifar10_cpu_keyed": keyed}).splitlines()
+    assert lines[0].split(" | ")[4:8] == ["resnet18-w4-seed0 (authorized)", "cnn-seed1", "cnn-seed1 Distill",
+                                          "resnet18-w4-seed0 behind its key (authorized)"]
+    assert lines[2] == "| Original | - | - | - | 70.0 | 60.0 | 65.0 | 69.0 | - | |"
+    assert lines[3] == "| uniform noise, same rho | - | - | - | 69.0 |  |  |  | - | |"
+    assert lines[4] == "| UGE | gradient-matching | generator | gm + fd + 0.5 ud | 68.0 | 30.0 | 40.0 |  | 2.0 | `cifar10_cpu` |"
+    assert lines[5] == "| Unlearn | gradient-matching | generator | fd | 50.0 |  |  |  | 2.0 | `cifar10_cpu_unlearn` |"
+    assert lines[6] == ("| Keyed | keyed | tile 8, grain 4, 12 groups, signs image | - |  | 10.0 |  | 69.0 | 2.0 |"
+                        " `cifar10_cpu_keyed` |")
 
 
 def test_validation_rows_come_from_after_the_protected_train_rows_never_from_test():
