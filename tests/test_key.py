@@ -32,31 +32,38 @@ def test_key_stage_is_an_orthogonal_projection_that_removes_its_subspace():
     assert removed == 6 * 16  # groups per region x regions
 
 
-@pytest.mark.parametrize("signs", ["random", "fixed"])
-def test_perturbation_is_exactly_in_s_and_within_the_bound(signs):
+@pytest.mark.parametrize("signs", ["random", "image", "fixed"])
+@pytest.mark.parametrize("pull", [0, 5])
+def test_perturbation_is_exactly_in_s_and_within_the_bound(signs, pull):
     key = make_key()
     source = images()
     labels = torch.arange(16) % 4
-    out = protect_keyed(source, labels, key, BOUND, signs=signs)
+    out = protect_keyed(source, labels, key, BOUND, signs=signs, pull=pull)
     diff = out.images.int() - source.int()
     assert out.images.dtype == torch.uint8 and diff.abs().max() <= BOUND
-    adjusted = source.int().clamp(BOUND // 2, 255 - BOUND // 2)  # T(x)
+    adjusted = source.int().clamp(pull, 255 - pull)  # T(x); the identity at pull 0
     stage = key.stage()
     assert torch.allclose(stage(out.images.double()), stage(adjusted.double()), atol=1e-9)
     assert out.invariance_levels.max() < 1e-9
     assert out.mean_amplitude > 5  # most groups carry the whole bound
 
 
-def test_saturated_images_still_carry_a_signal_and_never_clip():
-    key = make_key()
+def test_saturated_images_never_clip_and_carry_a_signal_where_they_can():
+    key = SecretKey(bytes(range(32)), KeyGeometry(3, 8, 12, 4), 4)  # the default: each group a 4x4 cell of one sign
     black_white = torch.cat([torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)])
-    out = protect_keyed(black_white, torch.tensor([0, 1, 2, 3]), key, BOUND)
-    assert (out.images.int() - black_white.int()).abs().max() <= BOUND
-    adjusted = black_white.int().clamp(5, 250)  # T moves them inward by 5, then every group carries +-5 levels
-    assert torch.equal((out.images.int() - adjusted).abs(), torch.full_like(adjusted, 5))
+    labels = torch.tensor([0, 1, 2, 3])
     stage = key.stage()
-    adjusted = adjusted.double()
-    assert torch.allclose(stage(out.images.double()), stage(adjusted), atol=1e-9)
+    # pull 0: K(x_u) = K(x); a cell can only move away from 0 (or 255): it carries the bound or, where its sign
+    # points the other way, nothing
+    out = protect_keyed(black_white, labels, key, BOUND)
+    change = (out.images.int() - black_white.int()).abs()
+    assert set(change.unique().tolist()) <= {0, BOUND} and change.float().mean() > 2
+    assert torch.allclose(stage(out.images.double()), stage(black_white.double()), atol=1e-9)
+    # pull 5: T moves them inward by 5, then every group carries +-5 levels
+    out = protect_keyed(black_white, labels, key, BOUND, pull=5)
+    adjusted = black_white.int().clamp(5, 250)
+    assert torch.equal((out.images.int() - adjusted).abs(), torch.full_like(adjusted, 5))
+    assert torch.allclose(stage(out.images.double()), stage(adjusted.double()), atol=1e-9)
 
 
 def test_deterministic_per_row_whatever_the_batching_and_key_dependent():
@@ -104,7 +111,7 @@ def test_the_invariance_check_catches_a_clipped_or_edited_pixel():
     key = make_key()
     source, labels = images(4), torch.arange(4)
     out = protect_keyed(source, labels, key, BOUND)
-    adjusted = source.int().clamp(5, 250)
+    adjusted = source.int()  # T(x) = x at the default pull 0
     stage = key.stage()
     assert invariance_residual(stage, out.images, adjusted).max() < 1e-9
     leaked = out.images.clone()
@@ -113,7 +120,7 @@ def test_the_invariance_check_catches_a_clipped_or_edited_pixel():
     assert residual[1] > 0.5 and residual[[0, 2, 3]].max() < 1e-9
     bordered = images(2, size=18)  # an 18-pixel image: a 2-pixel border outside the tiles, which K leaves alone
     out = protect_keyed(bordered, labels[:2], key, BOUND)
-    assert invariance_residual(stage, out.images, bordered.int().clamp(5, 250)).max() < 1e-9
+    assert invariance_residual(stage, out.images, bordered.int()).max() < 1e-9
     edited = out.images.clone()
     edited[0, 2, 17, 17] ^= 1
-    assert invariance_residual(stage, edited, bordered.int().clamp(5, 250))[0] == 1
+    assert invariance_residual(stage, edited, bordered.int())[0] == 1

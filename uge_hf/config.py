@@ -84,7 +84,9 @@ class KeyedSettings:
     # per image and region; "fixed": none (the class mean is the texture itself)
     signs: str = "image"
     amplitude: int | None = None  # largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)
-    pull: int | None = None  # levels T(x) moves pixels near 0/255 inward so they can carry +-delta; None: bound // 2
+    # levels T(x) moves pixels near 0/255 inward so they can carry +-delta. 0 (T = identity): K(x_u) = K(x) exactly,
+    # so the authorized network trains bit for bit as on the clean data; the shortcut was as strong (validation)
+    pull: int = 0
 
     def __post_init__(self) -> None:
         from .key import SIGN_MODES
@@ -100,7 +102,7 @@ class KeyedSettings:
             raise UgeError(f"keyed.signs must be one of {', '.join(SIGN_MODES)}, got {self.signs!r}")
         for name in ("amplitude", "pull"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= 255:
+            if value is not None and not (isinstance(value, int) and 0 <= value <= 255):
                 raise UgeError(f"keyed.{name} must be in 0..255 levels, got {value}")
 
 

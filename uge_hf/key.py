@@ -24,8 +24,10 @@ region) from the key and the row index, so every class's mean perturbation is ~0
 nothing to latch on; s_{r,j}: the largest integer amplitude <= `amplitude` levels that every pixel of the group can carry
 without leaving [0, 255] or the L-inf bound. Everything is an integer, so delta is in S exactly (no rounding), and
 no pixel is ever clipped (clipping would leave a class-correlated residual outside S that the authorized network
-learns). T(x) pulls pixels within `pull` levels of 0 or 255 inward to `pull` / 255 - `pull`: a function of x alone,
-which lets every group carry at least min(pull, bound - pull) levels.
+learns). Optionally, T(x) pulls pixels within `pull` levels of 0 or 255 inward to `pull` / 255 - `pull` (a function
+of x alone), which lets every group carry at least min(pull, bound - pull) levels; with the default pull = 0, T is
+the identity and K(x_u) = K(x) exactly: a group holding a saturated pixel then carries less (or nothing) in the
+direction it cannot move.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ def protect_keyed(
     first_row: int = 0,
     signs: str = "random",
     amplitude: int | None = None,
-    pull: int | None = None,
+    pull: int = 0,
     stage: KeyStage | None = None,
 ) -> KeyedOutput:
     """x_u = T(x) + delta with delta in S exactly and |x_u - x| <= pixel_bound on every pixel (module docstring).
@@ -231,8 +233,8 @@ def protect_keyed(
         first_row: index of images[0] in its split (the per-row signs depend on it, not on the batching).
         signs: "random" (a sign per image and region), "image" (one sign per image) or "fixed" (+1 everywhere).
         amplitude: largest |delta| in levels; None: pixel_bound.
-        pull: levels T moves pixels near 0 / 255 inward; None: pixel_bound // 2 (the most a +-delta can then
-            carry at a saturated pixel is min(pull, pixel_bound - pull)).
+        pull: levels T moves pixels near 0 / 255 inward (0: T is the identity and K(x_u) = K(x) exactly; with
+            pull > 0 a saturated pixel can carry +-min(pull, pixel_bound - pull) levels).
         stage: key.stage(), when the caller already built it.
 
     Returns: a KeyedOutput; its images are a pure function of (images, labels, key, arguments, first_row).
@@ -243,7 +245,6 @@ def protect_keyed(
         raise UgeError(f"signs must be one of {', '.join(SIGN_MODES)}, got {signs!r}")
     stage = stage or key.stage()
     amplitude = pixel_bound if amplitude is None else min(amplitude, pixel_bound)
-    pull = pixel_bound // 2 if pull is None else pull
     if not 0 <= pull <= pixel_bound:
         raise UgeError(f"pull must be in 0..{pixel_bound} levels (T may not move a pixel past the bound), got {pull}")
     source = images.to(torch.int32)

@@ -78,7 +78,7 @@ def protect(inputs: MethodInput) -> MethodResult:
     result.card = {"key": {
         "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
         "signs": settings.signs, "amplitude_levels": settings.amplitude or config.pixel_bound,
-        "pull_levels": config.pixel_bound // 2 if settings.pull is None else settings.pull,
+        "pull_levels": settings.pull,
     }}
     result.results = {
         "invariance": {"max_levels": float(invariance.max()), "tolerance_levels": INVARIANCE_TOLERANCE_LEVELS,
