@@ -183,7 +183,7 @@ def test_inspect_flags_weights_that_do_not_match_the_card(release, tmp_path):
         ("", "no release given"),
         ("   ", "no release given"),
         ("./no/such/folder", "no folder at"),
-        ("someone/not-a-release-xyz", "could not download"),  # HF_HUB_OFFLINE=1 in tests (conftest)
+        ("someone/not-a-release-xyz", "is not a local folder"),  # HF_HUB_OFFLINE=1 in tests (conftest)
     ],
 )
 def test_unknown_release_gives_a_message(ref, message):
