@@ -93,6 +93,8 @@ def main() -> None:
                         help="choose settings here: 5,000 rows protected, measured on train rows 8,000-9,999, not the test rows")
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
     parser.add_argument("--fresh", action="store_true", help="re-run the protection even if the release is current")
+    parser.add_argument("--reuse-release", action="store_true",
+                        help="evaluate the release in --work-dir as it is, even if this code's config defaults changed since")
     parser.add_argument("--hacker", action="append", help="hacker spec (repeatable); default: " + " ".join(DEFAULT_HACKERS)
                         + " (with --ablation: " + " ".join(ABLATION_HACKERS) + ")")
     args = parser.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
         protocol = keyed_protocol(args.source, args.hacker or DEFAULT_HACKERS, args.validation)
     else:
         protocol = cpu_protocol(args.source, args.solver, hackers, args.ablation, args.validation)
-    payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh)
+    payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh, reuse_release=args.reuse_release)
     print((HERE / "results" / f"{payload['protocol']['name']}.md").read_text())
 
 

@@ -159,8 +159,12 @@ def check_targets(rows: list[Row], noise_rows: list[Row], protocol: Protocol, ti
     return checks
 
 
-def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = False) -> dict:
-    """Run the whole protocol; write `results_dir/{name}.json` and `.md`; return the JSON payload."""
+def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = False, reuse_release: bool = False) -> dict:
+    """Run the whole protocol; write `results_dir/{name}.json` and `.md`; return the JSON payload.
+
+    `reuse_release`: evaluate the release already in `work_dir` even if this code's config (its defaults) differs
+    from the one it was made with; the payload's `release_config` is then the release's own `uge_config.json`.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     release = work_dir / f"{protocol.name}-release"
     timings: dict[str, float] = {}
@@ -169,7 +173,9 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     config = ProtectConfig(**protocol.protect)
     stale = not (release / "uge_config.json").exists() or json.loads((release / "uge_config.json").read_text()) != config.to_dict()
     protect_timing = work_dir / f"{protocol.name}-protect-seconds.json"
-    reused = not (fresh or stale or not protect_timing.exists())
+    if reuse_release and not (release / "uge_config.json").exists():
+        raise SystemExit(f"--reuse-release: no release in {release}")
+    reused = reuse_release or not (fresh or stale or not protect_timing.exists())
     if not reused:
         shutil.rmtree(release, ignore_errors=True)
         shutil.rmtree(private_dir_for(release), ignore_errors=True)
@@ -201,6 +207,7 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "versions": {"uge_hf": uge_hf.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "release_card_results": read_uge_block(release)["results"],
+        "release_config": json.loads((release / "uge_config.json").read_text()),
         "rows": [{**dataclasses.asdict(r), "change": r.change} for r in rows],
         "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
         "targets": checks,
@@ -230,7 +237,7 @@ def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
         f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {held_out_rows(protocol)}",
         "",
         f"Method `{protocol['protect'].get('method', 'gradient-matching')}`"
-        + (f" (key settings {protocol['protect'].get('keyed', 'default')})" if protocol['protect'].get('method') == 'keyed'
+        + (f" (key settings as the release's uge_config.json records them: {payload.get('release_config', {}).get('keyed')})" if protocol['protect'].get('method') == 'keyed'
            else f", solver `{protocol['protect'].get('solver', 'generator')}`")
         + f", authorized `{protocol['protect']['authorized']}`, "
         f"encoder `{protocol['protect'].get('encoder')}`, rho {protocol['protect'].get('rho', 0.04)}. "
