@@ -208,6 +208,7 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
         "versions": {"uge_hf": uge_hf.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "release_card_results": read_uge_block(release)["results"],
         "release_config": json.loads((release / "uge_config.json").read_text()),
+        "release_key": read_uge_block(release).get("key"),  # the keyed method's settings, as its card records them
         "rows": [{**dataclasses.asdict(r), "change": r.change} for r in rows],
         "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
         "targets": checks,
@@ -237,7 +238,7 @@ def report(payload: dict, rows: list[Row], noise_rows: list[Row]) -> str:
         f"# {protocol['name']}: CIFAR-10, {protocol['train_rows']} train rows, {held_out_rows(protocol)}",
         "",
         f"Method `{protocol['protect'].get('method', 'gradient-matching')}`"
-        + (f" (key settings as the release's uge_config.json records them: {payload.get('release_config', {}).get('keyed')})" if protocol['protect'].get('method') == 'keyed'
+        + (f" (key settings as the release's card records them: {payload.get('release_key')})" if protocol['protect'].get('method') == 'keyed'
            else f", solver `{protocol['protect'].get('solver', 'generator')}`")
         + f", authorized `{protocol['protect']['authorized']}`, "
         f"encoder `{protocol['protect'].get('encoder')}`, rho {protocol['protect'].get('rho', 0.04)}. "
