@@ -124,3 +124,9 @@ def test_the_invariance_check_catches_a_clipped_or_edited_pixel():
     edited = out.images.clone()
     edited[0, 2, 17, 17] ^= 1
     assert invariance_residual(stage, edited, bordered.int())[0] == 1
+
+
+def test_class_codes_are_distinct_for_many_classes():
+    codes = SecretKey(bytes(range(32)), KeyGeometry(3, 8, 12, 4), 1000).class_codes()
+    assert codes.shape == (1000, 12) and len({tuple(c.tolist()) for c in codes}) == 1000
+    assert set(codes.unique().tolist()) == {-1, 1}

@@ -176,14 +176,22 @@ class SecretKey:
     def class_codes(self) -> Tensor:
         """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture.
 
-        Drawn at random, retrying a few times for the largest smallest Hamming distance between classes, so no
-        two classes share a texture when groups allow it.
+        Distinct for every class while num_classes <= 2 ** groups (drawn without replacement; of 16 draws, the one
+        whose closest two classes differ in the most groups); beyond that, classes share codes.
         """
         rng = _rng(self.secret, 1)
+        groups, n = self.geometry.groups, self.num_classes
         best, best_distance = None, -1
-        for _ in range(16):
-            codes = rng.choice([-1, 1], size=(self.num_classes, self.geometry.groups))
-            distance = (codes[:, None] != codes[None]).sum(-1) + np.eye(self.num_classes, dtype=int) * 10**6
+        for _ in range(16 if n <= 1024 else 1):  # the pairwise search is O(n^2): one draw for very many classes
+            if n <= 2**groups and groups <= 62:
+                values = rng.choice(2**groups, size=n, replace=False)
+                codes = 1 - 2 * ((values[:, None] >> np.arange(groups)[None]) & 1)
+            else:
+                codes = rng.choice([-1, 1], size=(n, groups))
+            if n > 1024:
+                best = codes
+                break
+            distance = (codes[:, None] != codes[None]).sum(-1) + np.eye(n, dtype=int) * 10**6
             if distance.min() > best_distance:
                 best, best_distance = codes, distance.min()
         return torch.from_numpy(best).to(torch.int32)
