@@ -130,3 +130,9 @@ def test_class_codes_are_distinct_for_many_classes():
     codes = SecretKey(bytes(range(32)), KeyGeometry(3, 8, 12, 4), 1000).class_codes()
     assert codes.shape == (1000, 12) and len({tuple(c.tolist()) for c in codes}) == 1000
     assert set(codes.unique().tolist()) == {-1, 1}
+
+
+def test_no_two_classes_share_a_texture_up_to_the_random_sign():
+    codes = SecretKey(bytes(range(32)), KeyGeometry(3, 8, 12, 4), 1000).class_codes()
+    as_sets = {tuple(c.tolist()) for c in codes} | {tuple((-c).tolist()) for c in codes}
+    assert len(as_sets) == 2000  # no code is another's negation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 import stat
 
 import numpy as np
@@ -157,3 +158,39 @@ def test_evaluate_a_keyed_release_with_its_private_weights(keyed_release, tmp_pa
     assert schemes == [("authorized", "Normal"), ("hacker", "Normal"), ("hacker", "Wrong key"), ("hacker", "No key"),
                        ("hacker", "Distill")]
     assert all(0 <= r.clean <= 1 and 0 <= r.protected <= 1 for r in rows)
+
+
+def test_review_findings_are_user_errors_not_tracebacks(keyed_release, tmp_path, monkeypatch):
+    # the working folder (or a parent) as output: its private folder would land inside it
+    monkeypatch.chdir(tmp_path)
+    more = DatasetDict(train=make_image_dataset(16, seed=5))
+    with pytest.raises(UgeError, match="working folder"):
+        uge_hf.protect(more, output_dir=".", overwrite=True, **KEYED_OPTIONS)
+    # weights that are not safetensors: one problem line, in verify and in load_authorized
+    checks = {c.name: c for c in uge_hf.verify_release(keyed_release, authorized_weights=keyed_release / "README.md")}
+    assert not checks["weights resnet18-w4-seed0"].ok and "cannot be read" in checks["weights resnet18-w4-seed0"].detail
+    with pytest.raises(UgeError, match="sha256"):
+        uge_hf.load_authorized(keyed_release, weights=keyed_release / "README.md")
+    # the key file authorizes as the weights do (the backbone's init is public)
+    model = uge_hf.load_authorized(keyed_release, weights=private_of(keyed_release) / "key.json")
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(model.key_stage(x), uge_hf.load_key(weights_of(keyed_release))(x))
+
+
+def test_key_material_is_found_whatever_its_file_name(keyed_release, tmp_path):
+    from uge_hf.verify import key_material
+
+    leaky = Path(shutil.copytree(keyed_release, tmp_path / "leaky"))
+    (leaky / "notes.txt").write_bytes((private_of(keyed_release) / "key.json").read_bytes())
+    model = uge_hf.load_authorized(keyed_release, weights=private_of(keyed_release))
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, leaky / "finetuned.pt")
+    assert key_material(leaky) == ["finetuned.pt", "notes.txt"]
+    assert key_material(keyed_release) == []
+
+
+def test_amplitude_is_recorded_as_applied(tmp_path):
+    more = DatasetDict(train=make_image_dataset(16, seed=5))
+    uge_hf.protect(more, output_dir=tmp_path / "a", **{**KEYED_OPTIONS, "keyed": {**KEYED_OPTIONS["keyed"], "amplitude": 50}})
+    assert read_uge_block(tmp_path / "a")["key"]["amplitude_levels"] == 10
+    with pytest.raises(UgeError, match="keyed.amplitude must be in 1..255"):
+        uge_hf.protect(more, output_dir=tmp_path / "b", **{**KEYED_OPTIONS, "keyed": {**KEYED_OPTIONS["keyed"], "amplitude": 0}})

@@ -178,7 +178,8 @@ def authorized_entry(folder: Path, index: int) -> dict:
 
 
 def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = None) -> bytes:
-    """The bytes of `net`'s initial weights: from `weights` (a file, or a private folder) if given, else the release.
+    """The bytes of `net`'s initial weights: from `weights` (a file, a private folder, or a keyed release's key.json)
+    if given, else the release.
 
     Raises UgeError when they are private and `weights` is not given, or the file is missing.
     """
@@ -188,6 +189,11 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
         path = Path(weights)
         if path.is_dir():
             path = path / "authorized" / net["spec"] / "model.safetensors"
+        if path.suffix == ".json" and net.get("input_stage") == "key" and path.is_file():
+            # a key file authorizes too: the backbone's init is public (its spec), the key stage comes from the key
+            from .methods.keyed import authorized_weights, load_secret_key
+
+            return authorized_weights(net["spec"], load_secret_key(path, net["num_classes"]).stage(), net["num_classes"])
     elif net.get("weights"):
         path = release_path(folder, net["weights"])
     else:
@@ -236,8 +242,8 @@ def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[
             if net["init_sha256"] != rebuilt:
                 problems.append(f"the card's init_sha256 {net['init_sha256']} is not that of {net['spec']} with"
                                 f" {net['num_classes']} classes rebuilt here ({rebuilt})")
-    except (UgeError, ValueError, RuntimeError) as e:
-        problems.append(f"the weights of {net['spec']} cannot be read as {net['spec']}: {e}")
+    except Exception as e:  # untrusted bytes: whatever safetensors or torch raise is a problem to report, not a crash
+        problems.append(f"{name} cannot be read as the weights of {net['spec']}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return problems
 
 

@@ -100,10 +100,10 @@ class KeyedSettings:
             raise UgeError(f"keyed.groups must be at most 3 * (tile / grain)^2 = {cells}, got {self.groups}")
         if self.signs not in SIGN_MODES:
             raise UgeError(f"keyed.signs must be one of {', '.join(SIGN_MODES)}, got {self.signs!r}")
-        for name in ("amplitude", "pull"):
+        for name, low in (("amplitude", 1), ("pull", 0)):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value <= 255):
-                raise UgeError(f"keyed.{name} must be in 0..255 levels, got {value}")
+            if value is not None and not (isinstance(value, int) and low <= value <= 255):
+                raise UgeError(f"keyed.{name} must be in {low}..255 levels, got {value}")
 
 
 @dataclass

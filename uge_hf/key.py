@@ -176,15 +176,17 @@ class SecretKey:
     def class_codes(self) -> Tensor:
         """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture.
 
-        Distinct for every class while num_classes <= 2 ** groups (drawn without replacement; of 16 draws, the one
-        whose closest two classes differ in the most groups); beyond that, classes share codes.
+        A code and its negation make the same texture once a random sign multiplies it, so codes are drawn with the
+        last group's sign fixed at +1: distinct up to sign for every class while num_classes <= 2 ** (groups - 1)
+        (drawn without replacement; of 16 draws, the one whose closest two classes differ in the most groups);
+        beyond that, classes share textures (`protect` warns).
         """
         rng = _rng(self.secret, 1)
         groups, n = self.geometry.groups, self.num_classes
         best, best_distance = None, -1
         for _ in range(16 if n <= 1024 else 1):  # the pairwise search is O(n^2): one draw for very many classes
-            if n <= 2**groups and groups <= 62:
-                values = rng.choice(2**groups, size=n, replace=False)
+            if n <= 2 ** (groups - 1) and groups <= 62:
+                values = rng.choice(2 ** (groups - 1), size=n, replace=False)  # bit groups-1 stays 0: sign +1
                 codes = 1 - 2 * ((values[:, None] >> np.arange(groups)[None]) & 1)
             else:
                 codes = rng.choice([-1, 1], size=(n, groups))

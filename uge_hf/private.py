@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UgeError
+
 PRIVATE_SUFFIX = ".private"
 PRIVATE_README = """# Private: do not publish
 
@@ -30,8 +32,10 @@ version control. Share it only with the parties you authorize.
 
 
 def private_dir_for(output: str | os.PathLike) -> Path:
-    """`OUTPUT.private` beside the release folder `OUTPUT`."""
-    output = Path(output)
+    """`OUTPUT.private` beside the release folder `OUTPUT` (resolved first, so `.` or `..` name a real folder)."""
+    output = Path(output).expanduser().resolve()
+    if not output.name:
+        raise UgeError(f"the release folder {output} has no name to put its private folder beside: choose a subfolder")
     return output.parent / f"{output.name}{PRIVATE_SUFFIX}"
 
 
@@ -39,17 +43,22 @@ def private_dir_for(output: str | os.PathLike) -> Path:
 def write_private(folder: Path | None, files: dict[str, bytes]) -> Iterator[None]:
     """Stage `files` (relative path -> bytes) for `folder`; move them into place when the block succeeds.
 
-    Nothing is written when `files` is empty (a method with nothing private). An existing `folder` is replaced.
+    Nothing is written when `files` is empty (a method with nothing private); an existing `folder` (an earlier
+    run's key, which does not belong to the new release) is then removed with it. Otherwise it is replaced.
     """
-    if not files or folder is None:
+    if folder is None:
         yield
         return
     folder = folder.resolve()
+    if not files:
+        yield
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     staging = folder.parent / f".{folder.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    old_mask = os.umask(0o077)  # every folder and file created here: owner only
+    staging.parent.mkdir(parents=True, exist_ok=True)  # the release's parents keep the user's own permissions
+    old_mask = os.umask(0o077)  # every folder and file created below: owner only
     try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir(mode=0o700)
         for relative, content in {**files, "README.md": PRIVATE_README.format(
                 release=folder.name.removesuffix(PRIVATE_SUFFIX), folder=folder.name).encode()}.items():

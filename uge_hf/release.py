@@ -34,6 +34,9 @@ SHARD_BYTES = 500 * 2**20
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
     """Fail early, before hours of training, if the release could not be written."""
     output = Path(output_dir)
+    here = Path.cwd().resolve()
+    if output.expanduser().resolve() in (here, *here.parents):
+        raise UgeError(f"the output {output_dir} is the working folder or one of its parents: choose a subfolder")
     if output.exists() and not output.is_dir():
         raise UgeError(f"the output {output} exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:

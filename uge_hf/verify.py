@@ -211,24 +211,19 @@ def _check_no_key_material(folder: Path) -> Check:
 
 
 def key_material(folder: Path) -> list[str]:
-    """Release-relative paths of files that authorize: key files and weights holding a key stage."""
-    from .authorized import KEY_STAGE_PREFIX
+    """Release-relative paths of files that look like they authorize: a uge-hf key file (whatever its name) or
+    weights holding a key stage (safetensors, torch pickles, any prefix). Parquet shards (the data) are skipped."""
     from .methods.keyed import KEY_FORMAT
 
+    markers = (KEY_FORMAT.encode(), b"key_stage.")
     found = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and ".git" not in p.parts):
-        relative = str(path.relative_to(folder))
-        if path.suffix == ".json" and path.stat().st_size < 2**20 and KEY_FORMAT in path.read_text(errors="ignore"):
-            found.append(relative)
-        elif path.suffix == ".safetensors":
-            try:
-                from safetensors import safe_open
-
-                with safe_open(str(path), "pt") as f:
-                    if any(k.startswith(KEY_STAGE_PREFIX) for k in f.keys()):
-                        found.append(relative)
-            except Exception:  # not ours to judge here; the weights check reads the files it knows
-                continue
+        if path.suffix == ".parquet":
+            continue
+        with path.open("rb") as f:  # a byte search: key names are stored uncompressed by safetensors and torch.save
+            head = f.read(64 * 2**20)
+        if any(marker in head for marker in markers):
+            found.append(str(path.relative_to(folder)))
     return found
 
 

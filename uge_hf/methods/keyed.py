@@ -43,6 +43,11 @@ def protect(inputs: MethodInput) -> MethodResult:
             f"the key {config.key_file} is for tile {g.tile} / groups {g.groups} / grain {g.grain}, but the config asks"
             f" for tile {settings.tile} / groups {settings.groups} / grain {settings.grain}: use the key's settings"
         )
+    if num_classes > 2 ** (settings.groups - 1):
+        import warnings
+
+        warnings.warn(f"{num_classes} classes but keyed.groups = {settings.groups} gives {2 ** (settings.groups - 1)}"
+                      " distinct textures: some classes share one; raise keyed.groups", stacklevel=2)
     stage = key.stage()
     height, width = inputs.fit.image_size
     if min(height, width) < settings.tile:
@@ -77,7 +82,8 @@ def protect(inputs: MethodInput) -> MethodResult:
     result = MethodResult(protected=protected, authorized=[])
     result.card = {"key": {
         "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
-        "signs": settings.signs, "amplitude_levels": settings.amplitude or config.pixel_bound,
+        "signs": settings.signs,
+        "amplitude_levels": config.pixel_bound if settings.amplitude is None else min(settings.amplitude, config.pixel_bound),
         "pull_levels": settings.pull,
     }}
     result.results = {
