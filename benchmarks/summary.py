@@ -74,8 +74,9 @@ def summary(payloads: dict[str, dict], prefix: str = "cifar10_cpu") -> str:
         cells = [f"{100 * measured[k]:.1f}" if k in measured else "" for k in columns]
         minutes = payload["timings_s"]["protect"] / 60
         if method == "keyed":
-            key = ProtectConfig(**payload["protocol"]["protect"]).keyed
-            label, how, losses = "Keyed", f"tile {key.tile}, grain {key.grain}, {key.groups} groups, signs {key.signs}", "-"
+            key = payload.get("release_key") or vars(ProtectConfig(**payload["protocol"]["protect"]).keyed)
+            pull = key.get("pull_levels", key.get("pull"))
+            label, how, losses = "Keyed", f"tile {key['tile']}, grain {key['grain']}, {key['groups']} groups, signs {key['signs']}, pull {pull}", "-"
         else:
             label, how, losses = PAPER_NAMES[ablation_of(name, solver, prefix)], solver, loss_terms(payload["protocol"]["protect"])
         lines.append(f"| {label} | {method} | {how} | {losses} | " + " | ".join(cells) + f" | {minutes:.1f} | `{name}` |")

@@ -84,7 +84,7 @@ def test_summary_has_a_row_per_variant_and_blanks_for_untrained_networks():
     assert lines[3] == "| uniform noise, same rho | - | - | - | 69.0 |  |  |  | - | |"
     assert lines[4] == "| UGE | gradient-matching | generator | gm + fd + 0.5 ud | 68.0 | 30.0 | 40.0 |  | 2.0 | `cifar10_cpu` |"
     assert lines[5] == "| Unlearn | gradient-matching | generator | fd | 50.0 |  |  |  | 2.0 | `cifar10_cpu_unlearn` |"
-    assert lines[6] == ("| Keyed | keyed | tile 8, grain 4, 12 groups, signs image | - |  | 10.0 |  | 69.0 | 2.0 |"
+    assert lines[6] == ("| Keyed | keyed | tile 8, grain 4, 12 groups, signs image, pull 0 | - |  | 10.0 |  | 69.0 | 2.0 |"
                         " `cifar10_cpu_keyed` |")
 
 
