@@ -194,3 +194,10 @@ def test_amplitude_is_recorded_as_applied(tmp_path):
     assert read_uge_block(tmp_path / "a")["key"]["amplitude_levels"] == 10
     with pytest.raises(UgeError, match="keyed.amplitude must be in 1..255"):
         uge_hf.protect(more, output_dir=tmp_path / "b", **{**KEYED_OPTIONS, "keyed": {**KEYED_OPTIONS["keyed"], "amplitude": 0}})
+
+
+def test_a_pull_beyond_the_bound_is_refused_before_any_work():
+    from uge_hf.config import ProtectConfig
+
+    with pytest.raises(UgeError, match=r"keyed.pull \(11\) may not exceed the bound of 10 levels"):
+        ProtectConfig(keyed={"pull": 11})

@@ -175,6 +175,8 @@ class ProtectConfig:
             raise UgeError(f"rho must be in (0, 1] (an L-inf bound on [0, 1] pixels), got {self.rho}")
         if self.pixel_bound < 1:
             raise UgeError(f"rho={self.rho} is below one 8-bit pixel level (1/255): the release could not differ")
+        if self.method == "keyed" and self.keyed.pull > self.pixel_bound:
+            raise UgeError(f"keyed.pull ({self.keyed.pull}) may not exceed the bound of {self.pixel_bound} levels")
         for name in ("generator_epochs", "batch_size", "generator_channels", "checkpoint_every", "surrogate_epochs"):
             if getattr(self, name) < 1:
                 raise UgeError(f"{name} must be >= 1, got {getattr(self, name)}")

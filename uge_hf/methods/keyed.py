@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-
 from ..data import to_tensors
 from ..errors import UgeError
 from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
-from ..progress import is_main_process, progress_bar
 from ..layout import json_bytes
+from ..progress import is_main_process, progress_bar
 from ..specs import ModelSpec, build_model
 from .base import MethodInput, MethodResult
 
