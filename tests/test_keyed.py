@@ -52,6 +52,7 @@ def test_key_material_goes_to_the_private_folder_only(keyed_release):
     assert net["init_sha256"] == hashlib.sha256(weights_of(keyed_release).read_bytes()).hexdigest()
     assert uge["results"]["invariance"]["images_over_tolerance"] == 0
     assert uge["key"]["dimensions"] == 6 * 16  # groups x (16 / 4)^2 regions
+    assert uge["key"]["stage_is_public"] is False  # 6 groups of the 12 cells a 4-pixel tile of 2-pixel grain has
 
 
 def test_verify_checks_the_private_weights_against_the_card(keyed_release, tmp_path):
@@ -201,3 +202,10 @@ def test_a_pull_beyond_the_bound_is_refused_before_any_work():
 
     with pytest.raises(UgeError, match=r"keyed.pull \(11\) may not exceed the bound of 10 levels"):
         ProtectConfig(keyed={"pull": 11})
+
+
+def test_the_card_says_when_the_default_key_stage_is_public(tmp_path):
+    """Default settings: 12 groups for the 12 cells of a region, so K subtracts cell means whatever the key."""
+    uge_hf.protect(DatasetDict(train=make_image_dataset(16, seed=5)), output_dir=tmp_path / "d", recipe={"epochs": 1})
+    assert read_uge_block(tmp_path / "d")["key"]["stage_is_public"] is True
+    assert "At these settings the key stage is not secret" in (tmp_path / "d" / "README.md").read_text()

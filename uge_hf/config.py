@@ -95,7 +95,9 @@ class KeyedSettings:
             raise UgeError(f"keyed.tile and keyed.groups must be >= 1, got {self.tile} and {self.groups}")
         if self.grain < 1 or self.tile % self.grain:
             raise UgeError(f"keyed.grain must divide keyed.tile ({self.tile}), got {self.grain}")
-        cells = 3 * (self.tile // self.grain) ** 2
+        from .key import KeyGeometry
+
+        cells = KeyGeometry(3, self.tile, self.groups, self.grain).cells
         if self.groups > cells:
             raise UgeError(f"keyed.groups must be at most 3 * (tile / grain)^2 = {cells}, got {self.groups}")
         if self.signs not in SIGN_MODES:

@@ -66,6 +66,16 @@ class KeyGeometry:
     grain: int = 1  # positions are grouped in grain x grain cells that share group and sign (coarser textures)
 
     @property
+    def cells(self) -> int:
+        """Cells of one region (grain x grain pixels of one channel each); S spans all of them when groups == cells."""
+        return self.channels * (self.tile // self.grain) ** 2
+
+    @property
+    def stage_is_public(self) -> bool:
+        """Whether S is the span of every cell, so that K (subtract each cell's mean) does not depend on the key."""
+        return self.groups >= self.cells
+
+    @property
     def region_size(self) -> int:
         return self.channels * self.tile * self.tile
 
@@ -149,9 +159,8 @@ class SecretKey:
         g = self.geometry
         if g.grain < 1 or g.tile % g.grain:
             raise UgeError(f"the grain ({g.grain}) must divide the tile ({g.tile})")
-        cells = g.channels * (g.tile // g.grain) ** 2
-        if not 1 <= g.groups <= cells:
-            raise UgeError(f"groups must be in 1..{cells} for a {g.tile}-pixel tile of {g.grain}-pixel grain")
+        if not 1 <= g.groups <= g.cells:
+            raise UgeError(f"groups must be in 1..{g.cells} for a {g.tile}-pixel tile of {g.grain}-pixel grain")
         if self.num_classes < 2:
             raise UgeError("a key needs at least 2 classes")
 
@@ -165,9 +174,8 @@ class SecretKey:
         g = self.geometry
         rng = _rng(self.secret, 0)
         side = g.tile // g.grain
-        cells = g.channels * side * side
-        cell_group = rng.permutation(np.arange(cells) % g.groups)
-        cell_sign = rng.choice([-1.0, 1.0], size=cells).astype(np.float32)
+        cell_group = rng.permutation(np.arange(g.cells) % g.groups)
+        cell_sign = rng.choice([-1.0, 1.0], size=g.cells).astype(np.float32)
         # position (c, i, j) of a region belongs to cell (c, i // grain, j // grain)
         c, i, j = np.meshgrid(np.arange(g.channels), np.arange(g.tile), np.arange(g.tile), indexing="ij")
         cell = ((c * side + i // g.grain) * side + j // g.grain).reshape(-1)

@@ -79,11 +79,9 @@ def protect(inputs: MethodInput) -> MethodResult:
         raise UgeError(f"{over} protected images fail the invariance check K(x_u) = K(T(x)) (a bug: please report it)")
     regions = (height // settings.tile) * (width // settings.tile)
     result = MethodResult(protected=protected, authorized=[])
-    cells = 3 * (settings.tile // settings.grain) ** 2
     result.card = {"key": {
-        # groups == cells: S is the span of every cell, so K (subtract each cell's mean) does not depend on the key and
-        # anyone who reads these settings can apply it: the authorization is public at such settings
-        "stage_is_public": settings.groups >= cells,
+        # anyone who reads these settings can apply K when S spans every cell: the authorization is then public
+        "stage_is_public": geometry.stage_is_public,
         "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
         "signs": settings.signs,
         "amplitude_levels": config.pixel_bound if settings.amplitude is None else min(settings.amplitude, config.pixel_bound),
