@@ -4,6 +4,7 @@
     python benchmarks/cifar10_cpu.py --ablation unlearn|undistill|without-ud [--solver ...]
     python benchmarks/cifar10_cpu.py --validation [--solver ...]      # for choosing settings: no test rows
     python benchmarks/cifar10_cpu.py --method keyed                  # the keyed method, with issue 11's attacks
+    python benchmarks/cifar10_cpu.py --method lock [--poison NAME]   # the lock method, with issue 15's targets
 
 First 10,000 train rows and first 2,000 test rows; authorized resnet18-w16-seed0; surrogate encoder; rho 0.04;
 hackers Normal + Distill; a same-rho uniform-noise baseline (authorized + CNN). Writes
@@ -62,6 +63,32 @@ def keyed_protocol(source: str, hackers: list[str], validation: bool = False, ke
     )
 
 
+# Issue 15's targets for the lock method (the authorized party trains on the unlocked, i.e. the clean, images).
+LOCK_TARGETS = {"Normal": 0.3, "No key": 0.3, "Distill": 0.35, "Wrong key": 0.35,
+                "grayscale": 0.6, "linear-projection": 0.6, "jpeg10": 0.75}
+
+
+def lock_protocol(source: str, hackers: list[str], validation: bool = False, lock: dict | None = None) -> Protocol:
+    """The CPU protocol for the lock method (a model-free poison; the key holder unlocks the exact images)."""
+    return Protocol(
+        name="cifar10_val_lock" if validation else "cifar10_cpu_lock",
+        source=source,
+        train_rows=5_000 if validation else 10_000,
+        test_rows=2_000,
+        validation_start=8_000 if validation else None,
+        protect=dict(method="lock", authorized=["resnet18-w16-seed0"], rho=0.04, recipe={"epochs": EPOCHS, "batch_size": 128},
+                     lock=lock or {}),
+        hackers=hackers,
+        distill_students=["cnn-w16-seed1"],
+        noise_baseline=False,  # the poison is a shortcut by design; same-rho noise is the paper's control
+        limits_minutes={"protect": 2},
+        attacks=KEYED_ATTACKS,
+        attack_hackers=["cnn-w16-seed1"],
+        ratio_targets=LOCK_TARGETS,
+        authorized_margin_points=0.0,  # unlocked images are the clean ones: the authorized row must not move at all
+    )
+
+
 def cpu_protocol(source: str, solver: str, hackers: list[str], ablation: str | None = None, validation: bool = False) -> Protocol:
     """The CPU protocol; `validation` protects the first 5,000 train rows and measures on train rows 8,000-9,999."""
     return Protocol(
@@ -95,12 +122,16 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="re-run the protection even if the release is current")
     parser.add_argument("--reuse-release", action="store_true",
                         help="evaluate the release in --work-dir as it is, even if this code's config defaults changed since")
+    parser.add_argument("--poison", help="the lock method's poison (default: the config's)")
     parser.add_argument("--hacker", action="append", help="hacker spec (repeatable); default: " + " ".join(DEFAULT_HACKERS)
                         + " (with --ablation: " + " ".join(ABLATION_HACKERS) + ")")
     args = parser.parse_args()
     hackers = args.hacker or (ABLATION_HACKERS if args.ablation or args.validation else DEFAULT_HACKERS)
     if args.method == "keyed":
         protocol = keyed_protocol(args.source, args.hacker or DEFAULT_HACKERS, args.validation)
+    elif args.method == "lock":
+        protocol = lock_protocol(args.source, args.hacker or DEFAULT_HACKERS, args.validation,
+                                 {"poison": args.poison} if args.poison else None)
     else:
         protocol = cpu_protocol(args.source, args.solver, hackers, args.ablation, args.validation)
     payload = run(protocol, args.work_dir, HERE / "results", fresh=args.fresh, reuse_release=args.reuse_release)

@@ -187,7 +187,8 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     trainer = Trainer(work_dir / "trained", "cuda" if torch.cuda.is_available() else "cpu")
     evaluate_config = release_evaluation(protocol)
     private = private_dir_for(release)
-    evaluation = load_evaluation_data(release, data, evaluate_config, private if private.is_dir() else None)
+    private = private if private.is_dir() else None
+    evaluation = load_evaluation_data(release, data, evaluate_config, private, key=private if config.method == "lock" else None)
     t = time.time()
     rows = run_protocol(evaluation, evaluate_config, trainer)
     timings["evaluate"] = time.time() - t
@@ -209,6 +210,7 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
         "release_card_results": read_uge_block(release)["results"],
         "release_config": json.loads((release / "uge_config.json").read_text()),
         "release_key": read_uge_block(release).get("key"),  # the keyed method's settings, as its card records them
+        "release_lock": read_uge_block(release).get("lock"),  # the lock method's poison and cipher, as its card records them
         "rows": [{**dataclasses.asdict(r), "change": r.change} for r in rows],
         "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
         "targets": checks,

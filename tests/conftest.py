@@ -84,6 +84,15 @@ KEYED_OPTIONS = dict(authorized="resnet18-w4-seed0", method="keyed", keyed={"til
                      recipe={"epochs": 2, "batch_size": 8})
 
 
+LOCK_OPTIONS = dict(authorized="resnet18-w4-seed0", method="lock", recipe={"epochs": 2, "batch_size": 8})
+
+
+@pytest.fixture(scope="session")
+def lock_release(tmp_path_factory) -> Path:
+    """One tiny lock release (and its OUTPUT.private folder with key.json), shared by the tests that only read it."""
+    return _shared_release(tmp_path_factory, "cifar-lock", LOCK_OPTIONS)
+
+
 @pytest.fixture(scope="session")
 def keyed_release(tmp_path_factory) -> Path:
     """One tiny keyed release (and its OUTPUT.private folder beside it), shared by the tests that only read it."""

@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_key": "authorized",
     "verify_release": "verify",
     "push_release": "hub",
+    "unlock": "unlocking",  # a module named `unlock` would shadow the function once imported
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .specs import ModelSpec, build_model, init_sha256
     from .authorized import load_authorized, load_key, train_authorized  # Hub release (#4)
     from .hub import push_release
+    from .unlocking import unlock
     from .verify import verify_release
 
 

@@ -99,6 +99,7 @@ def train_authorized(
     revision: str | None = None,
     split: str | None = None,
     weights: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
     **recipe_overrides,
 ) -> tuple[nn.Module, dict]:
     """Train the authorized network `index` on the release as its card prescribes; return (model, metrics).
@@ -106,7 +107,8 @@ def train_authorized(
     Starts from `load_authorized` (hash-verified; `weights` as there) and trains on the release's protected split
     (the card's first `protected_splits`, or `split`) with the card's recipe (`epochs` and `recipe_overrides`, e.g.
     `batch_size=64`, replace its fields; the paper's method was fitted to the card's recipe, so changes are at the
-    user's risk). A keyed network's key stage is applied before augmentation. The metrics hold the accuracy on the
+    user's risk). A keyed network's key stage is applied before augmentation. A lock release is unlocked with `key`
+    (its key.json or private folder) first, so the network trains on the exact source images. The metrics hold the accuracy on the
     training split and, when the release has a `test` or `validation` split, on it. `device`: default CUDA when
     available, else CPU. Returns the model `load_authorized` returns, trained.
     """
@@ -135,7 +137,18 @@ def train_authorized(
     train_split = split or uge["protected_splits"][0]
     available = release_data_files(folder)
     test_split = next((s for s in TEST_SPLITS if s != train_split and s in available), None)
-    splits = load_release(folder, [train_split] + ([test_split] if test_split else []))
+    wanted = [train_split] + ([test_split] if test_split else [])
+    if uge["method"] == "lock":
+        if key is None:
+            raise UgeError("a lock release is learnt from once unlocked: pass key=PATH (the publisher's key.json or private folder)")
+        from datasets import DatasetDict
+
+        from .unlocking import unlock
+
+        unlocked = unlock(folder, key)
+        splits = DatasetDict({name: unlocked[name] for name in wanted})
+    else:
+        splits = load_release(folder, wanted)
     image_column, label_column = resolve_columns(splits[train_split], uge["columns"]["image"], uge["columns"]["label"])
     size = tuple(uge["input"]["image_size"])
     data = {
@@ -196,6 +209,10 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
             return authorized_weights(net["spec"], load_secret_key(path, net["num_classes"]).stage(), net["num_classes"])
     elif net.get("weights"):
         path = release_path(folder, net["weights"])
+    elif net.get("input_stage") == "unlock":  # a lock release: the key authorizes, the network's init is public
+        from .specs import build_model, init_state_bytes
+
+        return init_state_bytes(build_model(net["spec"], net["num_classes"]))
     else:
         raise UgeError(
             f"the authorized weights of {net['spec']} are private (not in the release): pass weights=PATH"

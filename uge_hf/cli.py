@@ -68,8 +68,8 @@ def _parse_settings(settings: list[str]) -> dict:
 @_user_errors
 def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
-    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network) or gradient-matching (the paper's UGE)  [default: keyed]")] = None,
-    key: Annotated[Optional[Path], typer.Option(help="keyed: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
+    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network), lock (the key holder recovers the exact images) or gradient-matching (the paper's UGE)  [default: keyed]")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="keyed, lock: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
     publish_authorized: Annotated[bool, typer.Option(help="gradient-matching: publish the authorized init weights in the release (reproduction studies) instead of a secret init in OUTPUT.private/")] = False,
     authorized: Annotated[Optional[list[str]], typer.Option(help="Authorized network ARCH[-wWIDTH]-seedN; repeat for several")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="CLIP Hub id or local path, or 'surrogate'")] = None,
@@ -155,7 +155,7 @@ def _print_summary(release: Path) -> None:
     console.print(f"release written to {release.resolve()} (method {uge['method']})")
     for net in uge["authorized"]:
         console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
-    if any(net.get("private") for net in uge["authorized"]):
+    if any(net.get("private") for net in uge["authorized"]) or "lock" in uge:
         console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
                       " (keep it; never publish it)")
     table = Table(title="measured on the release")
@@ -168,6 +168,10 @@ def _print_summary(release: Path) -> None:
         inv = results["invariance"]
         table.add_row("invariance K(x_u) = K(T(x)): images over tolerance", f"{inv['images_over_tolerance']} of {inv['images_checked']}")
         table.add_row("mean signal (levels)", str(results["mean_signal_levels"]))
+    if "unlock" in results:
+        unlock = results["unlock"]
+        table.add_row("rows that unlock to their source exactly", f"{unlock['rows_exact']} of {unlock['rows_checked']}")
+        table.add_row("unlock data per row (bytes; x PNG size)", f"{unlock['bytes_per_row']} ({unlock['ratio_to_png']}x)")
     for net in results.get("authorized", []):
         table.add_row(f"{net['spec']} clean train / protected train acc",
                       f"{net['clean_train_accuracy']} / {net['protected_train_accuracy']}")
@@ -195,6 +199,7 @@ def evaluate(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Trained-network cache, shared across releases of the same data")] = None,
     update_card: Annotated[bool, typer.Option(help="Write the results into the release card")] = False,
     authorized_weights: Annotated[Optional[Path], typer.Option(help="Private authorized weights of a keyed release (model.safetensors or the OUTPUT.private folder)")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="A lock release's key (key.json or the OUTPUT.private folder): the authorized row trains on the unlocked images")] = None,
     peak_epoch: Annotated[bool, typer.Option(help="Also report each Normal-trained network's best test accuracy over its epochs")] = True,
 ) -> None:
     """Train networks on the clean and the protected data and compare their test accuracy (the paper's Table 1)."""
@@ -204,7 +209,7 @@ def evaluate(
         raise UgeError("--update-card writes into a local release folder; evaluate a local copy to update its card")
     config = EvaluateConfig(hackers=hacker or None, distill=distill, attacks=attack or [], epochs=epochs,
                             train_rows=train_rows, test_rows=test_rows, peak_epoch=peak_epoch)
-    rows = run_evaluate(release, clean, config, cache_dir=cache_dir, authorized_weights=authorized_weights)
+    rows = run_evaluate(release, clean, config, cache_dir=cache_dir, authorized_weights=authorized_weights, key=key)
     meta = {"release": str(release), "clean": clean, "config": {k: v for k, v in vars(config).items()}}
     folder = write_results(rows, output or release.parent / f"{release.name}-eval", meta)
     if update_card:
@@ -246,6 +251,7 @@ def verify(
     original: Annotated[Optional[str], typer.Option(help="The source dataset (folder or Hub id): also check the bound and the labels")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of RELEASE")] = None,
     authorized_weights: Annotated[Optional[Path], typer.Option(help="Private authorized weights (model.safetensors or the OUTPUT.private folder) to check against the card")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="A lock release's key (key.json or the OUTPUT.private folder): check that every protected row unlocks (with --original: to the source, bit for bit)")] = None,
 ) -> None:
     """Check a release: card, authorized weights hashes, shards, images (and, with --original, bound and labels)."""
     from rich.console import Console
@@ -253,7 +259,7 @@ def verify(
 
     from .verify import verify_release
 
-    checks = verify_release(release, original=original, revision=revision, authorized_weights=authorized_weights)
+    checks = verify_release(release, original=original, revision=revision, authorized_weights=authorized_weights, key=key)
     console = Console(soft_wrap=True, highlight=False)
     for check in checks:
         mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
@@ -266,6 +272,22 @@ def verify(
 
 
 # --- end Hub release ------------------------------------------------------------------------------------------
+
+
+@app.command()
+@_user_errors
+def unlock(
+    release: Annotated[str, typer.Argument(help="A lock release: folder or Hub dataset id")],
+    key: Annotated[Path, typer.Option(help="The publisher's key.json (or the OUTPUT.private folder holding it)")],
+    output: Annotated[Path, typer.Option(help="Folder to write the unlocked dataset to (parquet shards for datasets.load_dataset)")],
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of RELEASE")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder")] = False,
+) -> None:
+    """Recover the exact source images of a lock release with its key; write them as a dataset folder."""
+    from .unlocking import write_unlocked
+
+    folder = write_unlocked(release, key, output, revision=revision, overwrite=overwrite)
+    typer.echo(f"unlocked dataset written to {folder} (datasets.load_dataset reads it)")
 
 
 # --- Demo (#5): the browser demo ------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ AUGMENTATIONS = ("crop+flip", "none")
 SOLVERS = ("generator", "per-sample", "hybrid", "replay")
 GENERATOR_FREE_SOLVERS = ("per-sample", "replay")  # solvers that optimise x_u directly and train no G
 MIXED_PRECISION = ("no", "fp16", "bf16")
-METHODS = ("gradient-matching", "keyed")  # uge_hf.methods holds one module each
+METHODS = ("gradient-matching", "keyed", "lock")  # uge_hf.methods holds one module each
+KEY_METHODS = ("keyed", "lock")  # methods whose authorization is a key file in the private folder
 
 
 @dataclass
@@ -109,6 +110,23 @@ class KeyedSettings:
 
 
 @dataclass
+class LockSettings:
+    """The lock method's poison (`uge_hf.poisons`); the key holder undoes it exactly (`uge_hf.lock`).
+
+    Default chosen on a validation slice of CIFAR-10 train rows (`benchmarks/lock/sweep.py`,
+    `benchmarks/results/lock_sweep.md`).
+    """
+
+    poison: str = "texture"  # texture, blocks, blocks-colour, autoregressive or texture+blocks (uge_hf.poisons)
+
+    def __post_init__(self) -> None:
+        from .poisons import POISONS
+
+        if self.poison not in POISONS:
+            raise UgeError(f"lock.poison must be one of {', '.join(POISONS)}, got {self.poison!r}")
+
+
+@dataclass
 class ProtectConfig:
     """Everything `uge_hf.protect` needs besides the dataset. Validated on construction."""
 
@@ -117,7 +135,8 @@ class ProtectConfig:
     method: str = "keyed"
     authorized: list[str] = field(default_factory=lambda: ["resnet18-seed0"])  # ARCH[-wWIDTH]-seedN specs
     keyed: KeyedSettings = field(default_factory=KeyedSettings)  # the keyed method's signal
-    key_file: str | None = None  # keyed: reuse this key (a private folder or its key.json) instead of drawing one
+    lock: LockSettings = field(default_factory=LockSettings)  # the lock method's poison
+    key_file: str | None = None  # keyed, lock: reuse this key (a private folder or its key.json) instead of drawing one
     encoder: str = "openai/clip-vit-base-patch32"  # CLIP Hub id or local path, or "surrogate"
     encoder_revision: str | None = None  # Hub revision of the CLIP checkpoint (None: the default branch)
     rho: float = 0.04  # L-inf bound of the perturbation on [0, 1] pixels (the paper's value)
@@ -156,12 +175,13 @@ class ProtectConfig:
     def __post_init__(self) -> None:
         self.recipe = _nested(Recipe, self.recipe, "recipe")
         self.keyed = _nested(KeyedSettings, self.keyed, "keyed")
+        self.lock = _nested(LockSettings, self.lock, "lock")
         if self.method not in METHODS:
             raise UgeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.key_file is not None and self.method != "keyed":
-            raise UgeError("a key file only applies to the keyed method (--method keyed)")
-        if self.publish_authorized and self.method == "keyed":
-            raise UgeError("the keyed method's authorization is its key, which is never published: drop publish_authorized")
+        if self.key_file is not None and self.method not in KEY_METHODS:
+            raise UgeError(f"a key file only applies to the {' and '.join(KEY_METHODS)} methods (--method)")
+        if self.publish_authorized and self.method in KEY_METHODS:
+            raise UgeError(f"the {self.method} method's authorization is its key, which is never published: drop publish_authorized")
         if isinstance(self.authorized, str):
             self.authorized = [self.authorized]
         if isinstance(self.splits, str):

@@ -121,6 +121,9 @@ class EvaluationData:
 
     # Authorized spec -> its backbone with the checked initial weights (`uge_hf.authorized.weight_problems`).
     authorized_networks: dict[str, nn.Module] = field(default_factory=dict)
+    # What the authorized party trains on from the release, when it is not the released images: a lock release's
+    # images unlocked with the key (uint8 (N, C, H, W), row-aligned with `protected`).
+    authorized_images: Tensor | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.input_stages) - {net["spec"] for net in self.authorized})
@@ -129,12 +132,15 @@ class EvaluationData:
 
 
 def load_evaluation_data(release_dir: str | Path, clean_source, config: EvaluateConfig,
-                         authorized_weights: str | os.PathLike | None = None) -> EvaluationData:
+                         authorized_weights: str | os.PathLike | None = None,
+                         key: str | os.PathLike | None = None) -> EvaluationData:
     """Read the release's protected split, the matching clean rows and test split of `clean_source`, and the authorized
     networks (public weights from the release; private ones from `authorized_weights`, a file or private folder), each
     checked against the card. A keyed release adds its key stage as the authorized network's input stage, and, with
     `config.wrong_key`, a "Wrong key" row (the same backbone behind another key's stage) and a "No key" row (the same
     backbone and init without the key stage: what the spec alone gives a hacker, and the plain clean reference).
+    A lock release needs `key`: the authorized network trains on the unlocked images; "Wrong key" tries another
+    key on every row (each must be refused) and then, like "No key", trains on the release as it is.
     """
     from .card import read_uge_block
 
@@ -180,6 +186,21 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
             data.input_stages[net["spec"]] = model.key_stage
             model = model.backbone
         data.authorized_networks[net["spec"]] = model
+    if uge["method"] == "lock":
+        if key is None:
+            raise UgeError("the authorized party of a lock release trains on the unlocked images: pass the key"
+                           " (--key key.json or the OUTPUT.private folder)")
+        from .unlocking import unlock
+
+        data.authorized_images = tensors(unlock(release_dir, key)[split], config.train_rows).images
+        if not torch.equal(data.authorized_images, clean.images):
+            raise UgeError("the unlocked images are not the clean split's: is --clean the dataset the release was made from?")
+        if config.wrong_key:
+            _refuse_wrong_key(released, uge, len(clean.labels))
+            net = uge["authorized"][0]
+            backbone = data.authorized_networks[net["spec"]]
+            data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), None),
+                                    ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
     if uge["method"] == "keyed" and config.wrong_key:
         net = uge["authorized"][0]
         backbone = data.authorized_networks[net["spec"]]
@@ -187,6 +208,29 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
         data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), wrong),
                                 ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
     return data
+
+
+def _refuse_wrong_key(released, uge: dict, rows: int) -> None:
+    """Another key's cipher on the first `rows` blobs of a lock release: UgeError if it opens any (it must open none:
+    the Wrong key row then trains on the release as it is)."""
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from .lock import LockKey, open_blob, row_binding
+
+    wrong = AESGCM(LockKey(hashlib.sha256(b"uge-hf wrong key").digest()).cipher_key)
+    image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
+    opened = 0
+    subset = released.select(range(min(rows, released.num_rows)))
+    for image, label, blob in zip(subset[image_column], subset[label_column], subset[uge["lock"]["unlock_column"]]):
+        pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        try:
+            open_blob(wrong, blob, row_binding(pixels, label), pixels.shape, "wrong key")
+            opened += 1
+        except UgeError:
+            pass
+    if opened:
+        raise UgeError(f"a wrong key opened {opened} of {subset.num_rows} rows of the lock release: it is broken")
 
 
 def wrong_key_stage(settings: dict, num_classes: int) -> nn.Module:
@@ -289,15 +333,15 @@ class Trainer:
 
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
              cache_dir: str | Path | None = None, device: torch.device | str | None = None,
-             authorized_weights: str | os.PathLike | None = None) -> list[Row]:
+             authorized_weights: str | os.PathLike | None = None, key: str | os.PathLike | None = None) -> list[Row]:
     """Train every network of `config` on the clean and the protected data; return the table's rows.
 
     `release_dir` is a release folder or Hub id. Trained networks are cached in `cache_dir` (default: beside a
     local release, else in the working directory). `authorized_weights`: private authorized weights (a keyed
-    release's `model.safetensors` or `OUTPUT.private` folder), checked against the card.
+    release's `model.safetensors` or `OUTPUT.private` folder), checked against the card. `key`: a lock release's key.
     """
     config = config or EvaluateConfig()
-    data = load_evaluation_data(release_dir, clean_source, config, authorized_weights)
+    data = load_evaluation_data(release_dir, clean_source, config, authorized_weights, key)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = Path(os.fspath(release_dir)).name
     default_cache = Path(release_dir).parent / f"{name}.eval-cache" if Path(release_dir).is_dir() else Path(f"{name}.eval-cache")
@@ -346,7 +390,8 @@ def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer)
         checked = data.authorized_networks[net["spec"]]
         authorized_model = lambda checked=checked: copy.deepcopy(checked)
         stage = data.input_stages.get(net["spec"])
-        results = measure(authorized_model, f"authorized {net['spec']}", stage_of=dict.fromkeys(variants, stage), peak=True)
+        own = variants if data.authorized_images is None else {**variants, "protected": data.authorized_images}
+        results = measure(authorized_model, f"authorized {net['spec']}", own, stage_of=dict.fromkeys(variants, stage), peak=True)
         rows.append(row(net["spec"], "authorized", "Normal", results))
         teachers.setdefault("first", ({v: (r.model, r.key) for v, r in results.items()}, stage))
 

@@ -33,7 +33,6 @@ direction it cannot move.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,14 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UgeError
+from .keyfile import KEY_BYTES, new_secret  # noqa: F401  (new_secret: the keyed method draws its key here)
 
-KEY_BYTES = 32  # 256-bit keys, drawn with `secrets`
 SIGN_MODES = ("random", "image", "fixed")  # a sign per image and region / per image / none
-
-
-def new_secret() -> bytes:
-    """A fresh 256-bit key from the OS's cryptographic source."""
-    return secrets.token_bytes(KEY_BYTES)
 
 
 def _rng(secret: bytes, *words: int) -> np.random.Generator:

@@ -17,7 +17,7 @@ from torch import Tensor
 from .version import __version__
 from .apply import perturbation_stats, preview_grid
 from .card import CARD_SCHEMA_VERSION
-from .config import ProtectConfig
+from .config import KEY_METHODS, ProtectConfig
 from .data import has_every_label, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .errors import UgeError
 from .methods import MethodInput, MethodResult, get_method
@@ -58,9 +58,9 @@ def protect(
         values["authorized"] = authorized
     config = ProtectConfig.from_dict(values)
 
-    if output_dir is None and config.method == "keyed" and config.key_file is None:
-        raise UgeError("the keyed method needs an output folder: its key is written to OUTPUT.private/ beside it"
-                       " (or pass key_file= to protect with an existing key)")
+    if output_dir is None and config.method in KEY_METHODS and config.key_file is None:
+        raise UgeError(f"the {config.method} method needs an output folder: its key is written to OUTPUT.private/"
+                       " beside it (or pass key_file= to protect with an existing key)")
     if output_dir is None and config.method == "gradient-matching" and not config.publish_authorized:
         raise UgeError("the authorized weights go to OUTPUT.private/ beside the release: give an output folder, or"
                        " publish_authorized=True to make them public")
@@ -83,7 +83,7 @@ def protect(
 
     released = None
     if is_main_process():
-        released = _released_splits(splits, config, result.protected, image_column)
+        released = _released_splits(splits, config, result.protected, image_column, result.columns)
         if output is not None:
             uge = _uge_block(config, inputs, result, splits)
             files = {"uge_config.json": json_bytes(config.public_dict()), **result.public_files}
@@ -97,14 +97,27 @@ def protect(
     return released
 
 
-def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict[str, Tensor], image_column: str) -> DatasetDict:
-    """Protected splits with their new images; the others copied unchanged (or dropped)."""
+def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict[str, Tensor], image_column: str,
+                     columns: dict[str, dict[str, list]]) -> DatasetDict:
+    """Protected splits with their new images (and the method's added columns); the others copied unchanged (or dropped)."""
     released = {}
     for name, split in splits.items():
         if name in protected:
             released[name] = _replace_images(split, image_column, protected[name])
+            for column, values in columns.get(name, {}).items():
+                if column in released[name].column_names:
+                    raise UgeError(f"the {config.method} method adds a column {column!r}, but split {name} already"
+                                   " has one: rename it in the source")
+                released[name] = released[name].add_column(column, values, new_fingerprint=_fingerprint(values))
         elif config.keep_other_splits:
             released[name] = split
+    added = {column: feature for name in protected for column, feature in released[name].features.items()
+             if column in columns.get(name, {})}
+    for name, split in released.items():  # every split shares one schema: rows nobody protected hold null there
+        for column, feature in added.items():
+            if column not in split.column_names:
+                split = split.add_column(column, [None] * len(split), new_fingerprint=f"{split._fingerprint}-{column}-null")
+                released[name] = split = split.cast_column(column, feature)
     return DatasetDict(released)
 
 
@@ -117,11 +130,19 @@ def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Datase
         batch[image_column] = to_pil_images(images[indices])
         return batch
 
-    fingerprint = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:32]
     return split.cast_column(image_column, Image(decode=False)).map(
-        replace, batched=True, with_indices=True, features=features, new_fingerprint=fingerprint,
+        replace, batched=True, with_indices=True, features=features,
+        new_fingerprint=hashlib.sha256(images.numpy().tobytes()).hexdigest()[:32],
         load_from_cache_file=False, desc=f"writing protected {image_column}",
     )
+
+
+def _fingerprint(values) -> str:
+    """A datasets fingerprint from the content (the default would hash the Python objects more slowly)."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(value if isinstance(value, bytes) else repr(value).encode())
+    return digest.hexdigest()[:32]
 
 
 def _uge_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> dict:

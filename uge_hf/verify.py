@@ -41,6 +41,7 @@ def verify_release(
     *,
     revision: str | None = None,
     authorized_weights: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
 ) -> list[Check]:
     """Check the release `repo_or_dir` (a folder or a Hub dataset id); return one `Check` per thing checked.
 
@@ -50,7 +51,8 @@ def verify_release(
     `DatasetDict`: the source the release was made from), also that every protected pixel is within the card's
     `pixel_bound` of the source and that every label is unchanged, row by row. Private authorized weights (the keyed
     method) are checked when `authorized_weights` (the file or private folder the publisher gave) is passed; the
-    release itself must then hold no key material.
+    release itself must then hold no key material. With `key` (a lock release's key file or private folder), every
+    protected row must unlock, and with `original` too, to the source image bit for bit.
 
     Raises UgeError only when the release cannot be read at all (no such folder, Hub unreachable).
     """
@@ -69,7 +71,40 @@ def verify_release(
         checks.append(Check("shards", False, problem))
     else:
         checks += _check_shards(files, info)
-    return checks + _pixel_checks(uge, files, original)
+    checks += _pixel_checks(uge, files, original)
+    if key is not None:
+        checks += _check_unlock(folder, uge, key, original)
+    return checks
+
+
+def _check_unlock(folder: Path, uge: dict, key: str | os.PathLike, original: Any) -> list[Check]:
+    """Every protected row of a lock release opens with `key`; with `original`, to the source's pixels exactly."""
+    from .unlocking import unlock
+
+    try:
+        unlocked = unlock(folder, key)
+    except UgeError as e:
+        return [Check("unlock", False, str(e))]
+    checks = []
+    source = None
+    if original is not None:
+        from .data import load_source, to_tensors
+
+        source = load_source(original)
+    for split in uge["protected_splits"]:
+        rows = unlocked[split].num_rows
+        if source is None:
+            checks.append(Check(f"unlock {split}", True, f"{rows} rows open with the key (authentic, bound to their rows)"))
+            continue
+        image, label = uge["columns"]["image"], uge["columns"]["label"]
+        size, names = tuple(uge["input"]["image_size"]), uge["class_names"]
+        got = to_tensors(unlocked[split], image, label, size, names).images
+        want = to_tensors(source[split], image, label, size, names).images
+        bad = (got != want).reshape(len(got), -1).any(1).nonzero().flatten().tolist() if got.shape == want.shape else list(range(rows))
+        detail = (f"{rows} rows unlock to the source images bit for bit" if not bad else
+                  f"{len(bad)} rows differ from the source after unlocking: rows {', '.join(map(str, bad[:_SHOWN]))}")
+        checks.append(Check(f"unlock {split}", not bad, detail))
+    return checks
 
 
 def check_against_source(folder: str | os.PathLike, original: Any) -> list[Check]:
@@ -131,7 +166,8 @@ def _read_card(folder: Path) -> tuple[dict | None, str]:
                 continue  # a private init: the spec names the architecture, the seed is secret
             if not isinstance(net.get(key), kind):
                 return wrong(f"authorized[{index}].{key}", f"is missing or not a {kind.__name__}")
-        if not (isinstance(net.get("weights"), str) or net.get("private") is True):
+        # a lock release's network has a public init rebuilt from its spec (the key authorizes, not the weights)
+        if not (isinstance(net.get("weights"), str) or net.get("private") is True or net.get("input_stage") == "unlock"):
             return wrong(f"authorized[{index}]", "names no weights file and is not marked private")
         try:
             spec = ModelSpec.parse(net["spec"])
@@ -187,7 +223,7 @@ def _check_weights(folder: Path, net: dict, weights: str | os.PathLike | None) -
     except UgeError as e:
         return Check(name, False, str(e))
     problems = weight_problems(net, content, str(weights) if weights is not None else None)
-    if not net.get("private"):
+    if not net.get("private") and net.get("weights"):
         sidecar = net["weights"].removesuffix(".safetensors") + ".json"
         if release_path(folder, sidecar).is_file():
             try:
@@ -198,7 +234,7 @@ def _check_weights(folder: Path, net: dict, weights: str | os.PathLike | None) -
                 problems.append(f"{sidecar} declares init_sha256 {declared}, the card {net['init_sha256']}")
     if problems:
         return Check(name, False, "; ".join(problems))
-    where = str(weights) if weights is not None else net["weights"]
+    where = str(weights) if weights is not None else (net["weights"] or "the public init")
     return Check(name, True, f"{where} sha256 {net['init_sha256']} = card = {net['spec']} rebuilt here")
 
 
@@ -213,7 +249,7 @@ def _check_no_key_material(folder: Path) -> Check:
 def key_material(folder: Path) -> list[str]:
     """Release-relative paths of files that look like they authorize: a uge-hf key file (whatever its name) or
     weights holding a key stage (safetensors, torch pickles, any prefix). Parquet shards (the data) are skipped."""
-    from .methods.keyed import KEY_FORMAT
+    from .keyfile import KEY_FORMAT
 
     markers = (KEY_FORMAT.encode(), b"key_stage.")
     found = []

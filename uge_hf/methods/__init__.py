@@ -4,6 +4,7 @@
 |---|---|---|
 | `gradient-matching` | the paper's UGE: a perturbation trained on L_gm + L_fd + L_ud (Ye & Wang, CVPR 2024) | `gradient_matching` |
 | `keyed` | the authorized network's key stage K removes the perturbation exactly: K(x_u) = K(T(x)) | `keyed` |
+| `lock` | the key holder recovers the exact source images (encrypted, row-bound unlock data) | `lock` |
 
 Adding a method: a module here with `protect(inputs: MethodInput) -> MethodResult`, and one line in `METHODS`.
 """
@@ -16,7 +17,7 @@ from types import ModuleType
 from ..errors import UgeError
 from .base import MethodInput, MethodResult
 
-METHODS = {"gradient-matching": "gradient_matching", "keyed": "keyed"}
+METHODS = {"gradient-matching": "gradient_matching", "keyed": "keyed", "lock": "lock"}
 
 __all__ = ["METHODS", "MethodInput", "MethodResult", "get_method"]
 

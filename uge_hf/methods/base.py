@@ -36,5 +36,7 @@ class MethodResult:
     results: dict[str, Any] = field(default_factory=dict)  # method-specific measurements for `uge.results`
     public_files: dict[str, bytes] = field(default_factory=dict)  # release-relative path -> bytes
     private_files: dict[str, bytes] = field(default_factory=dict)  # private-folder-relative path -> bytes (key material)
+    # split -> column -> one value per row, added to that protected split (the lock method's `unlock` blobs)
+    columns: dict[str, dict[str, list]] = field(default_factory=dict)
     work_dir: Path | None = None  # the method's cache, removed once the release is written
     barrier: Callable[[], None] = lambda: None  # waits for every process of a multi-process run

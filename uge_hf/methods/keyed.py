@@ -8,7 +8,6 @@ card carries the sha256 of the authorized weights (key stage + backbone initiali
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -16,14 +15,13 @@ from safetensors.torch import save
 
 from ..data import to_tensors
 from ..errors import UgeError
-from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
+from ..key import KeyGeometry, KeyStage, SecretKey, protect_keyed
+from ..keyfile import KEY_FILE, KEY_FORMAT, key_file_bytes, new_secret, read_key_file  # noqa: F401 (re-exported)
 from ..layout import json_bytes
 from ..progress import is_main_process, progress_bar
 from ..specs import ModelSpec, build_model
 from .base import MethodInput, MethodResult
 
-KEY_FILE = "key.json"
-KEY_FORMAT = "uge-hf key"
 CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
 # K(x_u) - K(T(x)) is exactly 0 in integer arithmetic; in float64 the projection leaves ~1e-12 levels.
 INVARIANCE_TOLERANCE_LEVELS = 1e-6
@@ -121,27 +119,18 @@ def authorized_weights(spec: str, stage: KeyStage, num_classes: int) -> bytes:
 
 def key_json(key: SecretKey) -> bytes:
     """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
-    return json_bytes({
-        "format": KEY_FORMAT, "version": 1, "secret": key.secret.hex(), "channels": key.geometry.channels,
-        "tile": key.geometry.tile, "groups": key.geometry.groups, "grain": key.geometry.grain, "num_classes": key.num_classes,
-    })
+    g = key.geometry
+    return key_file_bytes("keyed", key.secret, channels=g.channels, tile=g.tile, groups=g.groups, grain=g.grain,
+                          num_classes=key.num_classes)
 
 
 def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
     """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / KEY_FILE
+    secret, data = read_key_file(path, "keyed")
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != KEY_FORMAT:
-            raise ValueError("not a uge-hf key file")
-        geometry = KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1))
-        key = SecretKey(bytes.fromhex(data["secret"]), geometry, data["num_classes"])
-    except FileNotFoundError:
-        raise UgeError(f"no key file at {path}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
+        key = SecretKey(secret, KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1)), data["num_classes"])
+    except (KeyError, TypeError) as e:
+        raise UgeError(f"{path} is not a keyed key file (missing or bad field {e})") from None
     if num_classes is not None and key.num_classes != num_classes:
         raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
     return key

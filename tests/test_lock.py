@@ -1,0 +1,228 @@
+"""The lock method: exact unlock for the key holder, nothing for anyone else, row binding, and the release around it."""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from datasets import DatasetDict, load_dataset
+from typer.testing import CliRunner
+
+import uge_hf
+from uge_hf.card import read_uge_block
+from uge_hf.cli import app
+from uge_hf.data import to_tensors
+from uge_hf.errors import UgeError
+from uge_hf.lock import LockKey, pack_residuals, row_binding, seal, unlock_pixels
+from uge_hf.poisons import POISONS, apply_poison, poison
+
+from .conftest import CLASS_NAMES, LOCK_OPTIONS, make_image_dataset
+
+
+def source_splits() -> DatasetDict:
+    return DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+
+
+def source_tensors(split: str = "train"):
+    return to_tensors(source_splits()[split], "picture", "category", class_names=CLASS_NAMES)
+
+
+def private_of(release: Path) -> Path:
+    return release.parent / f"{release.name}.private"
+
+
+def released_pixels(release: Path, split: str = "train") -> np.ndarray:
+    ds = load_dataset(str(release), split=split)
+    return np.stack([np.asarray(image.convert("RGB")) for image in ds["picture"]])
+
+
+def saturated_images(n: int = 24) -> torch.Tensor:
+    """Images full of 0 and 255 pixels, where clipping changes x + delta: the residual must still restore them."""
+    rng = np.random.default_rng(3)
+    images = rng.choice(np.array([0, 1, 5, 128, 250, 254, 255], dtype=np.uint8), size=(n, 3, 8, 8))
+    return torch.from_numpy(images)
+
+
+# --- the cipher and the poisons ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_every_poison_respects_the_bound_and_unlocks_exactly(kind):
+    images, labels = saturated_images(), torch.arange(24) % 4
+    delta = poison(kind, bytes(32), labels, 4, (3, 8, 8), 10)
+    locked = apply_poison(images, delta)
+    assert (locked.int() - images.int()).abs().max() <= 10
+    assert (locked != images).any()
+    key = LockKey(bytes(range(32)))
+    bindings = [row_binding(row, int(label)) for row, label in zip(locked.numpy(), labels)]
+    blobs = seal(key, pack_residuals(images, locked), bindings)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    cipher = AESGCM(key.cipher_key)
+    for i, blob in enumerate(blobs):
+        assert np.array_equal(unlock_pixels(cipher, locked[i].numpy(), int(labels[i]), blob, f"row {i}"), images[i].numpy())
+
+
+def test_a_poison_depends_on_the_row_not_on_the_chunking():
+    labels = torch.arange(20) % 4
+    whole = poison("autoregressive", bytes(32), labels, 4, (3, 8, 8), 10)
+    parts = torch.cat([poison("autoregressive", bytes(32), labels[:7], 4, (3, 8, 8), 10, first_row=0),
+                       poison("autoregressive", bytes(32), labels[7:], 4, (3, 8, 8), 10, first_row=7)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, poison("autoregressive", bytes([1] * 32), labels, 4, (3, 8, 8), 10))
+
+
+def test_unlock_data_tells_nothing_without_the_key():
+    images, labels = saturated_images(40), torch.arange(40) % 4
+    locked = apply_poison(images, poison("texture", bytes(32), labels, 4, (3, 8, 8), 10))
+    key = LockKey(bytes(range(32)))
+    blobs = seal(key, pack_residuals(images, locked), [row_binding(r, int(y)) for r, y in zip(locked.numpy(), labels)])
+    assert len({len(blob) for blob in blobs}) == 1  # a blob's length says nothing about its image or class
+    joined = b"".join(blob[13:] for blob in blobs)  # ciphertext and tags
+    assert len(zlib.compress(joined, 9)) >= 0.99 * len(joined)  # incompressible: no structure left to find
+    bits = np.unpackbits(np.frombuffer(joined, dtype=np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.02
+    # deterministic: the same rows and key give the same bytes (synthetic nonces), another key other bytes
+    assert blobs == seal(key, pack_residuals(images, locked), [row_binding(r, int(y)) for r, y in zip(locked.numpy(), labels)])
+    other = seal(LockKey(bytes(32)), pack_residuals(images, locked), [row_binding(r, int(y)) for r, y in zip(locked.numpy(), labels)])
+    assert not set(blobs) & set(other)
+
+
+def test_a_wrong_key_an_edited_pixel_a_changed_label_and_a_moved_blob_are_refused():
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    images, labels = saturated_images(4), torch.tensor([0, 1, 2, 3])
+    locked = apply_poison(images, poison("texture", bytes(32), labels, 4, (3, 8, 8), 10))
+    key = LockKey(bytes(range(32)))
+    blobs = seal(key, pack_residuals(images, locked), [row_binding(r, int(y)) for r, y in zip(locked.numpy(), labels)])
+    right, wrong = AESGCM(key.cipher_key), AESGCM(LockKey(bytes(32)).cipher_key)
+    pixels = locked[0].numpy()
+    with pytest.raises(UgeError, match="train row 0: the unlock data does not open"):
+        unlock_pixels(wrong, pixels, 0, blobs[0], "train row 0")
+    edited = pixels.copy()
+    edited[0, 0, 0] ^= 1
+    with pytest.raises(UgeError, match="row 0: the unlock data does not open"):
+        unlock_pixels(right, edited, 0, blobs[0], "row 0")
+    with pytest.raises(UgeError, match="row 0: the unlock data does not open"):
+        unlock_pixels(right, pixels, 1, blobs[0], "row 0")
+    with pytest.raises(UgeError, match="row 0: the unlock data does not open"):
+        unlock_pixels(right, pixels, 0, blobs[1], "row 0")
+    flipped = bytearray(blobs[0])
+    flipped[-1] ^= 1
+    with pytest.raises(UgeError, match="does not open"):
+        unlock_pixels(right, pixels, 0, bytes(flipped), "row 0")
+    with pytest.raises(UgeError, match="missing or not uge-hf lock data"):
+        unlock_pixels(right, pixels, 0, None, "row 0")
+
+
+# --- the release ---------------------------------------------------------------------------------------------------
+
+
+def test_a_lock_release_unlocks_bit_for_bit_and_keeps_the_key_private(lock_release):
+    uge = read_uge_block(lock_release)
+    assert uge["method"] == "lock" and uge["lock"]["poison"] == "texture"
+    assert uge["results"]["unlock"]["rows_exact"] == uge["results"]["unlock"]["rows_checked"] == 32
+    private = private_of(lock_release)
+    assert (private / "key.json").is_file() and not list(lock_release.rglob("key.json"))
+    assert (private / "key.json").stat().st_mode & 0o077 == 0
+    # hackers read the release with datasets as it is: the images are poisoned, within the bound
+    released = load_dataset(str(lock_release))
+    assert released["train"].column_names == ["picture", "category", "caption", "unlock"]
+    assert released["test"]["unlock"] == [None] * 12  # one schema for every split: unprotected rows hold null
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    protected = released_pixels(lock_release)
+    assert 0 < np.abs(protected.astype(int) - clean).max() <= 10
+    unlocked = uge_hf.unlock(lock_release, key=private)
+    assert unlocked["train"].column_names == ["picture", "category", "caption"]
+    assert np.array_equal(np.stack([np.asarray(i) for i in unlocked["train"]["picture"]]), clean)
+    assert unlocked["train"]["caption"] == source_splits()["train"]["caption"]
+    lazy = uge_hf.unlock(lock_release, key=private / "key.json", on_the_fly=True)["train"]
+    assert np.array_equal(np.asarray(lazy[5]["picture"]), clean[5]) and "unlock" not in lazy[5]
+    checks = uge_hf.verify_release(lock_release, original=source_splits(), key=private)
+    assert all(c.ok for c in checks), [str(c) for c in checks if not c.ok]
+    assert [c.name for c in checks if c.name.startswith("unlock")] == ["unlock train"]
+
+
+def test_the_same_key_and_source_give_the_same_release_bytes(lock_release, tmp_path):
+    again = tmp_path / "again"
+    uge_hf.protect(source_splits(), output_dir=again, key_file=str(private_of(lock_release)),
+                   **{k: v for k, v in LOCK_OPTIONS.items()})
+    for shard in (lock_release / "data").glob("*.parquet"):
+        assert pq.read_table(shard).equals(pq.read_table(again / "data" / shard.name)), shard.name
+    assert (private_of(again) / "key.json").read_bytes() == (private_of(lock_release) / "key.json").read_bytes()
+
+
+def test_a_tampered_row_or_a_wrong_key_is_named(lock_release, tmp_path):
+    copy = Path(shutil.copytree(lock_release, tmp_path / "copy"))
+    shard = next((copy / "data").glob("train-*.parquet"))
+    table = pq.read_table(shard)
+    blobs = table.column("unlock").to_pylist()
+    blobs[3], blobs[4] = blobs[4], blobs[3]  # two rows' unlock data swapped
+    pq.write_table(table.set_column(table.schema.get_field_index("unlock"), "unlock", [blobs]), shard)
+    with pytest.raises(UgeError, match="train row 3: the unlock data does not open"):
+        uge_hf.unlock(copy, key=private_of(lock_release))
+    failed = [c for c in uge_hf.verify_release(copy, key=private_of(lock_release)) if not c.ok]
+    assert [c.name for c in failed] == ["unlock"] and "train row 3" in failed[0].detail
+
+    other = tmp_path / "other"
+    uge_hf.protect(source_splits(), output_dir=other, **LOCK_OPTIONS)
+    with pytest.raises(UgeError, match="is not this release's key"):
+        uge_hf.unlock(lock_release, key=private_of(other))
+    keyed_key = tmp_path / "keyed.json"
+    keyed_key.write_text((private_of(other) / "key.json").read_text().replace('"lock"', '"keyed"'))
+    with pytest.raises(UgeError, match="a key of the keyed method; this needs a lock key"):
+        uge_hf.unlock(lock_release, key=keyed_key)
+
+
+def test_cli_unlock_writes_a_dataset_folder_and_refuses_a_wrong_key(lock_release, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "unlocked"
+    result = runner.invoke(app, ["unlock", str(lock_release), "--key", str(private_of(lock_release)), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    written = load_dataset(str(out), split="train")
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(np.stack([np.asarray(i) for i in written["picture"]]), clean)
+
+    import json
+
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({**json.loads((private_of(lock_release) / "key.json").read_text()), "secret": "ab" * 32}))
+    result = runner.invoke(app, ["unlock", str(lock_release), "--key", str(wrong), "--output", str(tmp_path / "w")])
+    assert result.exit_code == 1 and "is not this release's key" in result.output and not (tmp_path / "w").exists()
+    result = runner.invoke(app, ["unlock", str(lock_release), "--key", str(tmp_path / "missing.json"), "--output", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no key file at" in result.output and not (tmp_path / "x").exists()
+    result = runner.invoke(app, ["unlock", str(tmp_path), "--key", str(private_of(lock_release)), "--output", str(tmp_path / "y")])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_the_authorized_party_trains_on_the_unlocked_images(lock_release, tmp_path):
+    with pytest.raises(UgeError, match="pass key=PATH"):
+        uge_hf.train_authorized(lock_release, epochs=1)
+    model, metrics = uge_hf.train_authorized(lock_release, key=private_of(lock_release), epochs=1)
+    assert metrics["method"] == "lock" and metrics["train_rows"] == 32 and metrics["test_split"] == "test"
+
+    from uge_hf.evaluate import EvaluateConfig, evaluate
+
+    config = EvaluateConfig(hackers=["lenet-w2-seed1"], distill=True, epochs=1, peak_epoch=False)
+    with pytest.raises(UgeError, match="pass the key"):
+        evaluate(lock_release, source_splits(), config, cache_dir=tmp_path / "cache")
+    rows = evaluate(lock_release, source_splits(), config, cache_dir=tmp_path / "cache", key=private_of(lock_release))
+    assert [(r.role, r.scheme) for r in rows] == [("authorized", "Normal"), ("hacker", "Normal"), ("hacker", "Wrong key"),
+                                                   ("hacker", "No key"), ("hacker", "Distill")]
+    authorized = rows[0]
+    assert authorized.protected == authorized.clean  # the unlocked images are the clean ones: the same training
+
+
+def test_lock_settings_are_checked_before_any_work(tmp_path):
+    with pytest.raises(UgeError, match="lock.poison must be one of"):
+        uge_hf.protect(source_splits(), output_dir=tmp_path / "a", method="lock", lock={"poison": "nope"})
+    with pytest.raises(UgeError, match="needs an output folder"):
+        uge_hf.protect(source_splits(), method="lock")
+    with pytest.raises(UgeError, match="only applies to the keyed and lock methods"):
+        uge_hf.protect(source_splits(), output_dir=tmp_path / "b", method="gradient-matching", key_file="k.json")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,0 +1,167 @@
+"""The key holder's side of a lock release: the exact source images back, as a `datasets.DatasetDict`.
+
+    release (x_u + unlock blobs) --key--> source images, bit for bit (as `protect` decoded them: RGB, the card's size)
+
+Each protected row's blob is opened with the key and checked against the row's pixels and label (`uge_hf.lock`);
+a wrong key or a changed row is a UgeError naming the split and row. Splits nobody protected come back as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from .errors import UgeError
+
+UNLOCK_BATCH = 256
+
+
+def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str | None = None,
+           on_the_fly: bool = False) -> DatasetDict:
+    """The release's splits with every protected image replaced by its source image and the `unlock` column dropped.
+
+    Args:
+        release: a lock release folder or Hub id.
+        key: the publisher's `key.json`, or the private folder holding it.
+        revision: Hub revision of the release.
+        on_the_fly: unlock rows as they are read (`Dataset.set_transform`), for data too large to unlock up front;
+            images then come back as PIL images and errors surface when a bad row is read.
+
+    Returns: a `DatasetDict` of every split in the release; images as `datasets.Image` (PNG, lossless).
+
+    Raises: UgeError if the release is not a lock release, the key is not its key, or a row does not unlock.
+    """
+    from .card import read_uge_block
+    from .fetch import fetch_release
+    from .layout import load_release
+
+    folder = fetch_release(release, revision)
+    uge = read_uge_block(folder)
+    opener = RowUnlocker.from_card(uge, key)
+    splits = load_release(folder)
+    out = {}
+    for name, split in splits.items():
+        if name not in uge["protected_splits"]:
+            out[name] = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
+        elif on_the_fly:
+            split = split.with_format(None)
+            split.set_transform(opener.transform(name))
+            out[name] = split
+        else:
+            out[name] = opener.unlock_split(split, name)
+    return DatasetDict(out)
+
+
+class RowUnlocker:
+    """Opens the rows of one lock release with one key (from the card's `uge:` block and the key file)."""
+
+    def __init__(self, key, image_column: str, label_column: str, unlock_column: str):
+        # plain bytes, not the cipher object: the unlocker (and a set_transform holding it) pickles, as DataLoader
+        # workers and datasets' fingerprinting need
+        self.cipher_key = key.cipher_key
+        self.key_fingerprint = key.fingerprint
+        self.image_column, self.label_column, self.unlock_column = image_column, label_column, unlock_column
+
+    @property
+    def cipher(self):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self.cipher_key)
+
+    @classmethod
+    def from_card(cls, uge: dict, key: str | os.PathLike) -> RowUnlocker:
+        from .lock import load_lock_key
+
+        if uge.get("method") != "lock":
+            raise UgeError(f"this release was made with the {uge.get('method')} method; only a lock release unlocks")
+        lock_key = load_lock_key(Path(key), len(uge["class_names"]))
+        if lock_key.fingerprint != uge["lock"]["key_sha256"]:
+            raise UgeError(f"the key {key} is not this release's key (its sha256 is not the card's"
+                           f" {uge['lock']['key_sha256'][:16]}...)")
+        return cls(lock_key, uge["columns"]["image"], uge["columns"]["label"], uge["lock"]["unlock_column"])
+
+    def unlock_images(self, images: list, labels: list[int], blobs: list[bytes], where: Callable[[int], str]) -> list:
+        """Source images (PIL, RGB) of released PIL `images`, their labels and unlock blobs."""
+        from PIL import Image
+
+        from .lock import unlock_pixels
+
+        out, cipher = [], self.cipher
+        for offset, (image, label, blob) in enumerate(zip(images, labels, blobs, strict=True)):
+            pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+            source = unlock_pixels(cipher, pixels, label, blob, where(offset))
+            out.append(Image.fromarray(np.ascontiguousarray(source.transpose(1, 2, 0))))
+        return out
+
+    def unlock_split(self, split: Dataset, name: str) -> Dataset:
+        """`split` with its images unlocked (written as PNG) and the unlock column dropped."""
+        self._check_columns(split, name)
+
+        def batch_unlock(batch: dict, indices: list[int]) -> dict:
+            batch[self.image_column] = self.unlock_images(
+                batch[self.image_column], batch[self.label_column], batch[self.unlock_column],
+                lambda offset: f"{name} row {indices[offset]}")
+            return batch
+
+        return split.map(batch_unlock, batched=True, batch_size=UNLOCK_BATCH, with_indices=True,
+                         remove_columns=[self.unlock_column], desc=f"unlocking {name}", load_from_cache_file=False,
+                         new_fingerprint=hashlib.sha256(f"{split._fingerprint} {self.key_fingerprint}".encode()).hexdigest()[:32])
+
+    def transform(self, name: str) -> Callable[[dict], dict]:
+        """A `set_transform` function unlocking each batch as it is read (row numbers unknown: named by label)."""
+        return _UnlockTransform(self, name)
+
+    def _check_columns(self, split: Dataset, name: str) -> None:
+        missing = [c for c in (self.image_column, self.label_column, self.unlock_column) if c not in split.column_names]
+        if missing:
+            raise UgeError(f"split {name} of the release has no column {', '.join(missing)}: it cannot be unlocked")
+
+
+class _UnlockTransform:
+    """A picklable `set_transform` callable (datasets fingerprints a transform by pickling it)."""
+
+    def __init__(self, unlocker: RowUnlocker, name: str):
+        self.unlocker, self.name = unlocker, name
+
+    def __call__(self, batch: dict) -> dict:
+        from datasets import Image
+
+        u = self.unlocker
+        images = [Image().decode_example(value) for value in batch[u.image_column]]
+        labels = batch[u.label_column]
+        batch[u.image_column] = u.unlock_images(
+            images, labels, batch.pop(u.unlock_column),
+            lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly")
+        return batch
+
+
+def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_dir: str | os.PathLike, *,
+                   revision: str | None = None, overwrite: bool = False) -> Path:
+    """Unlock `release` and write it to `output_dir` as parquet shards that `datasets.load_dataset` reads.
+
+    Written in a staging folder and moved into place in one rename: a failure (a wrong key, a changed row) leaves
+    nothing behind. Returns the folder.
+    """
+    import shutil
+
+    from .release import check_output_dir, standalone
+
+    output = check_output_dir(output_dir, overwrite).resolve()
+    unlocked = unlock(release, key, revision=revision)  # fails on a bad key or row before anything is written
+    staging = output.parent / f".{output.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "data").mkdir(parents=True)
+        for name, split in unlocked.items():
+            standalone(split, split.features).to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
