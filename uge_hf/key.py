@@ -50,6 +50,29 @@ def _rng(secret: bytes, *words: int) -> np.random.Generator:
     return np.random.default_rng([*np.frombuffer(secret, dtype=np.uint32).tolist(), *words])
 
 
+def separated_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """(n, bits) int codes in {-1, +1}, one per class, far apart and distinct up to sign.
+
+    A code and its negation make the same texture once a random sign multiplies it, so codes are drawn with the
+    last bit's sign fixed at +1: distinct up to sign for every class while n <= 2 ** (bits - 1) (drawn without
+    replacement; of 16 draws, the one whose closest two classes differ in the most bits); beyond that, classes
+    share codes (callers warn).
+    """
+    best, best_distance = None, -1
+    for _ in range(16 if n <= 1024 else 1):  # the pairwise search is O(n^2): one draw for very many classes
+        if n <= 2 ** (bits - 1) and bits <= 62:
+            values = rng.choice(2 ** (bits - 1), size=n, replace=False)  # bit bits-1 stays 0: sign +1
+            codes = 1 - 2 * ((values[:, None] >> np.arange(bits)[None]) & 1)
+        else:
+            codes = rng.choice([-1, 1], size=(n, bits))
+        if n > 1024:
+            return codes
+        distance = (codes[:, None] != codes[None]).sum(-1) + np.eye(n, dtype=int) * 10**6
+        if distance.min() > best_distance:
+            best, best_distance = codes, distance.min()
+    return best
+
+
 @dataclass(frozen=True)
 class KeyGeometry:
     """What S is made of; derived from the key alone (so an authorized party can rebuild it)."""
@@ -176,29 +199,8 @@ class SecretKey:
         return KeyStage(torch.from_numpy(cell_group[cell]), torch.from_numpy(cell_sign[cell]), g.tile, g.groups)
 
     def class_codes(self) -> Tensor:
-        """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture.
-
-        A code and its negation make the same texture once a random sign multiplies it, so codes are drawn with the
-        last group's sign fixed at +1: distinct up to sign for every class while num_classes <= 2 ** (groups - 1)
-        (drawn without replacement; of 16 draws, the one whose closest two classes differ in the most groups);
-        beyond that, classes share textures (`protect` warns).
-        """
-        rng = _rng(self.secret, 1)
-        groups, n = self.geometry.groups, self.num_classes
-        best, best_distance = None, -1
-        for _ in range(16 if n <= 1024 else 1):  # the pairwise search is O(n^2): one draw for very many classes
-            if n <= 2 ** (groups - 1) and groups <= 62:
-                values = rng.choice(2 ** (groups - 1), size=n, replace=False)  # bit groups-1 stays 0: sign +1
-                codes = 1 - 2 * ((values[:, None] >> np.arange(groups)[None]) & 1)
-            else:
-                codes = rng.choice([-1, 1], size=(n, groups))
-            if n > 1024:
-                best = codes
-                break
-            distance = (codes[:, None] != codes[None]).sum(-1) + np.eye(n, dtype=int) * 10**6
-            if distance.min() > best_distance:
-                best, best_distance = codes, distance.min()
-        return torch.from_numpy(best).to(torch.int32)
+        """(num_classes, groups) codes in {-1, +1}: the sign of each group in each class's texture (`separated_codes`)."""
+        return torch.from_numpy(separated_codes(_rng(self.secret, 1), self.num_classes, self.geometry.groups)).to(torch.int32)
 
     def region_signs(self, first_row: int, count: int, rows: int, cols: int) -> Tensor:
         """eta of dataset rows first_row .. first_row + count - 1: (count, rows, cols) int32 in {-1, +1}.

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .errors import UgeError
+from .key import separated_codes
 
 AR_BURN_IN = 8  # pixels of the AR canvas cut off before the image starts (the start-up transient)
 POISONS = ("texture", "blocks", "blocks-colour", "autoregressive", "texture+blocks")
@@ -58,14 +59,19 @@ def cell_texture(secret: bytes, num_classes: int, shape: tuple[int, int, int], t
                  stream: int) -> Tensor:
     """Per class, a +-1 pattern of `grain`-pixel cells with period `tile`: (num_classes, C, H, W) int16.
 
+    The classes' codes are far apart and distinct up to sign (`uge_hf.key.separated_codes`): with independent random
+    codes two classes can nearly share a texture up to the image's sign, and the shortcut blurs (validation slice:
+    ResNet-18 34.3 with independent codes, see benchmarks/results/lock_sweep.md).
+
     `luminance` gives R, G and B the same sign (a grey pattern); otherwise each channel has its own.
     """
     if tile % grain:
         raise UgeError(f"the grain ({grain}) must divide the tile ({tile})")
     channels, height, width = shape
     side = tile // grain
-    rng = key_rng(secret, 2, stream)
-    codes = rng.choice([-1, 1], size=(num_classes, 1 if luminance else channels, side, side)).astype(np.int16)
+    planes = 1 if luminance else channels
+    codes = separated_codes(key_rng(secret, 2, stream), num_classes, planes * side * side)
+    codes = codes.reshape(num_classes, planes, side, side).astype(np.int16)
     cells = torch.from_numpy(codes).repeat_interleave(grain, 2).repeat_interleave(grain, 3).expand(-1, channels, -1, -1)
     reps = (-(-height // tile), -(-width // tile))
     return cells.repeat(1, 1, *reps)[:, :, :height, :width].contiguous()
