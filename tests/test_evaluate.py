@@ -151,7 +151,7 @@ def _masked(tensors):
 def test_input_stages_run_before_augmentation_in_training_and_at_test_time(made, tmp_path, monkeypatch):
     config = ev.EvaluateConfig(hackers=["lenet-w2-seed5"], epochs=1)
     data = ev.load_evaluation_data(made / "release", str(made / "clean"), config)
-    authorized = data.authorized[0]["spec"]
+    authorized = data.authorized[0].spec
     assert data.recipe.augmentation == "crop+flip"
     calls = []
     original = ev.train_classifier

@@ -14,13 +14,16 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import UgeError
 
-TEST_SPLITS = ("test", "validation")  # a held-out split the metrics report, in this order of preference
+if TYPE_CHECKING:
+    from .card import AuthorizedEntry
+
 KEY_STAGE_PREFIX = "key_stage."
 BACKBONE_PREFIX = "backbone."
 
@@ -57,7 +60,11 @@ def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: st
     from .fetch import fetch_release
 
     folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
-    net = authorized_entry(folder, index)
+    return _checked_network(folder, authorized_entry(folder, index), weights)
+
+
+def _checked_network(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None) -> nn.Module:
+    """`net`'s network from its weights (the release's, or `weights`), after `weight_problems` found none."""
     content = read_weights(folder, net, weights)
     problems = weight_problems(net, content)
     if problems:
@@ -110,44 +117,42 @@ def train_authorized(
     training split and, when the release has a `test` or `validation` split, on it. `device`: default CUDA when
     available, else CPU. Returns the model `load_authorized` returns, trained.
     """
-    from .card import read_uge_block
+    from .card import read_card
     from .config import Recipe
-    from .data import resolve_columns, to_tensors
+    from .data import held_out_split, resolve_columns, to_tensors
     from .fetch import fetch_release
     from .progress import is_main_process
     from .layout import load_release, release_data_files
     from .training import accuracy, train_classifier
 
     folder = fetch_release(repo_or_dir, revision)
-    net = authorized_entry(folder, index)
-    model = load_authorized(folder, index, weights=weights)
+    card = read_card(folder)
+    net = card.authorized_entry(index)
+    model = _checked_network(folder, net, weights)
     backbone, stage = (model.backbone, model.key_stage) if isinstance(model, KeyedNetwork) else (model, None)
-    uge = read_uge_block(folder)
-    recipe = Recipe(**uge["recipe"])
     if epochs is not None:
         recipe_overrides["epochs"] = epochs
     unknown = sorted(set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)})
     if unknown:
         raise UgeError(f"unknown recipe fields {', '.join(unknown)}; the recipe has {', '.join(f.name for f in dataclasses.fields(Recipe))}")
-    recipe = dataclasses.replace(recipe, **recipe_overrides)
+    recipe = dataclasses.replace(card.recipe, **recipe_overrides)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    train_split = split or uge["protected_splits"][0]
+    train_split = split or card.protected_splits[0]
     available = release_data_files(folder)
-    test_split = next((s for s in TEST_SPLITS if s != train_split and s in available), None)
+    test_split = held_out_split(available, exclude=[train_split])
     splits = load_release(folder, [train_split] + ([test_split] if test_split else []))
-    image_column, label_column = resolve_columns(splits[train_split], uge["columns"]["image"], uge["columns"]["label"])
-    size = tuple(uge["input"]["image_size"])
+    image_column, label_column = resolve_columns(splits[train_split], card.image_column, card.label_column)
     data = {
-        name: to_tensors(ds, image_column, label_column, size, uge["class_names"], progress=is_main_process())
+        name: to_tensors(ds, image_column, label_column, card.image_size, card.class_names, progress=is_main_process())
         for name, ds in splits.items()
     }
     train = data[train_split]
-    train_classifier(backbone, train.images, train.labels, recipe, device, description=f"training {net['spec']}",
+    train_classifier(backbone, train.images, train.labels, recipe, device, description=f"training {net.spec}",
                      input_stage=stage)
     metrics = {
-        "spec": net["spec"],
-        "method": uge["method"],
+        "spec": net.spec,
+        "method": card.method,
         "train_split": train_split,
         "train_rows": len(train.labels),
         "epochs": recipe.epochs,
@@ -161,23 +166,14 @@ def train_authorized(
     return model.cpu(), metrics
 
 
-def authorized_entry(folder: Path, index: int) -> dict:
-    """The card's `uge.authorized[index]`, its fields checked."""
-    from .card import read_uge_block
+def authorized_entry(folder: Path, index: int) -> AuthorizedEntry:
+    """The card's `uge.authorized[index]` (the card checked by `read_card`); UgeError naming the declared ones."""
+    from .card import read_card
 
-    uge = read_uge_block(folder)
-    nets = uge.get("authorized") or []
-    if not isinstance(index, int) or not 0 <= index < len(nets):
-        listed = ", ".join(f"{i}: {n.get('spec')}" for i, n in enumerate(nets)) or "none"
-        raise UgeError(f"no authorized network {index} in {folder}/README.md (it declares {listed})")
-    net = nets[index]
-    missing = [key for key in ("spec", "num_classes", "init_sha256") if key not in net]
-    if missing:
-        raise UgeError(f"uge.authorized[{index}] of {folder}/README.md lacks {', '.join(missing)}")
-    return net
+    return read_card(folder).authorized_entry(index)
 
 
-def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = None) -> bytes:
+def read_weights(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None = None) -> bytes:
     """The bytes of `net`'s initial weights: from `weights` (a file, a private folder, or a keyed release's key.json)
     if given, else the release.
 
@@ -188,26 +184,26 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
     if weights is not None:
         path = Path(weights)
         if path.is_dir():
-            path = path / "authorized" / net["spec"] / "model.safetensors"
-        if path.suffix == ".json" and net.get("input_stage") == "key" and path.is_file():
+            path = path / "authorized" / net.spec / "model.safetensors"
+        if path.suffix == ".json" and net.input_stage == "key" and path.is_file():
             # a key file authorizes too: the backbone's init is public (its spec), the key stage comes from the key
             from .methods.keyed import authorized_weights, load_secret_key
 
-            return authorized_weights(net["spec"], load_secret_key(path, net["num_classes"]).stage(), net["num_classes"])
-    elif net.get("weights"):
-        path = release_path(folder, net["weights"])
+            return authorized_weights(net.spec, load_secret_key(path, net.num_classes).stage(), net.num_classes)
+    elif net.weights:
+        path = release_path(folder, net.weights)
     else:
         raise UgeError(
-            f"the authorized weights of {net['spec']} are private (not in the release): pass weights=PATH"
+            f"the authorized weights of {net.spec} are private (not in the release): pass weights=PATH"
             " (`--authorized-weights PATH`), the model.safetensors or private folder the publisher gave you"
         )
     if not path.is_file():
-        where = f"no weights file at {path}" if weights is not None else f"the release has no {net['weights']}"
-        raise UgeError(f"{where} (the initial weights of {net['spec']})")
+        where = f"no weights file at {path}" if weights is not None else f"the release has no {net.weights}"
+        raise UgeError(f"{where} (the initial weights of {net.spec})")
     return path.read_bytes()
 
 
-def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[str]:
+def weight_problems(net: AuthorizedEntry, content: bytes, name: str | None = None) -> list[str]:
     """Why `content` (the file `name`) is not `net`'s declared initial weights ([] when it is).
 
     Checks sha256(content) == the card's `init_sha256`, and that the backbone equals the spec rebuilt on this
@@ -219,47 +215,47 @@ def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[
     from .specs import build_model, init_sha256
 
     problems = []
-    name = name or net.get("weights") or f"the weights of {net['spec']}"
+    name = name or net.weights or f"the weights of {net.spec}"
     actual = hashlib.sha256(content).hexdigest()
-    if actual != net["init_sha256"]:
-        problems.append(f"{name} has sha256 {actual} but the card declares {net['init_sha256']}")
+    if actual != net.init_sha256:
+        problems.append(f"{name} has sha256 {actual} but the card declares {net.init_sha256}")
     try:
-        if net.get("input_stage") == "key":
+        if net.input_stage == "key":
             tensors = load(content)
             backbone = {k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
-            rebuilt = build_model(net["spec"], net["num_classes"]).state_dict()
+            rebuilt = build_model(net.spec, net.num_classes).state_dict()
             if backbone.keys() != rebuilt.keys() or not all(torch.equal(backbone[k], rebuilt[k]) for k in rebuilt):
-                problems.append(f"the backbone in the weights is not {net['spec']} with {net['num_classes']} classes rebuilt here")
+                problems.append(f"the backbone in the weights is not {net.spec} with {net.num_classes} classes rebuilt here")
             if not any(k.startswith(KEY_STAGE_PREFIX) for k in tensors):
                 problems.append("the weights hold no key stage")
-        elif net.get("seed") is None:  # a secret init: the weights must fit the spec's architecture, exactly
+        elif net.seed is None:  # a secret init: the weights must fit the spec's architecture, exactly
             tensors = load(content)
-            expected = build_model(net["spec"], net["num_classes"]).state_dict()
+            expected = build_model(net.spec, net.num_classes).state_dict()
             if tensors.keys() != expected.keys() or any(tensors[k].shape != expected[k].shape for k in expected):
-                problems.append(f"{name} does not hold a {net['arch']} of width {net['width']} with {net['num_classes']} classes")
+                problems.append(f"{name} does not hold a {net.arch} of width {net.width} with {net.num_classes} classes")
         else:
-            rebuilt = init_sha256(net["spec"], net["num_classes"])
-            if net["init_sha256"] != rebuilt:
-                problems.append(f"the card's init_sha256 {net['init_sha256']} is not that of {net['spec']} with"
-                                f" {net['num_classes']} classes rebuilt here ({rebuilt})")
+            rebuilt = init_sha256(net.spec, net.num_classes)
+            if net.init_sha256 != rebuilt:
+                problems.append(f"the card's init_sha256 {net.init_sha256} is not that of {net.spec} with"
+                                f" {net.num_classes} classes rebuilt here ({rebuilt})")
     except Exception as e:  # untrusted bytes: whatever safetensors or torch raise is a problem to report, not a crash
-        problems.append(f"{name} cannot be read as the weights of {net['spec']}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        problems.append(f"{name} cannot be read as the weights of {net.spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return problems
 
 
-def build_authorized(net: dict, content: bytes) -> nn.Module:
+def build_authorized(net: AuthorizedEntry, content: bytes) -> nn.Module:
     """The network of (checked) weights `content`: the backbone, or a `KeyedNetwork` for a keyed entry."""
     from safetensors.torch import load
 
     from .specs import build_model
 
     tensors = load(content)
-    model = build_model(net["spec"], net["num_classes"])
-    if net.get("input_stage") != "key":
+    model = build_model(net.spec, net.num_classes)
+    if net.input_stage != "key":
         model.load_state_dict(tensors, strict=True)
         return model.train()
     model.load_state_dict({k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)})
-    return KeyedNetwork(_key_stage(tensors, net["spec"]), model.train())
+    return KeyedNetwork(_key_stage(tensors, net.spec), model.train())
 
 
 def _key_stage(tensors: dict, source) -> nn.Module:

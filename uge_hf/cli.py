@@ -6,11 +6,14 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .errors import UgeError
+
+if TYPE_CHECKING:
+    from .card import UgeBlock
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ungeneralizable examples for Hugging Face datasets.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,7 +129,9 @@ def protect(
     output = output or Path(f"{Path(dataset).name}-uge")
     run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
     if _is_main_process():
-        _print_summary(output)
+        from .card import read_card
+
+        _print_summary(output, read_card(output))
         if push is not None:  # Hub release (#4)
             try:
                 _push_and_report(output, push, private=private or None, revision=revision)
@@ -141,41 +146,40 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
-def _print_summary(release: Path) -> None:
+def _print_summary(release: Path, card: UgeBlock) -> None:
+    """What `protect` wrote and measured (the release's card block `card`), on stdout."""
     from rich.console import Console
     from rich.table import Table
 
-    from .card import read_uge_block
-
     from .private import private_dir_for
 
-    uge = read_uge_block(release)
-    results = uge["results"]
+    results = card.results
+    extra = results.method_results if results is not None else {}
     console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
-    console.print(f"release written to {release.resolve()} (method {uge['method']})")
-    for net in uge["authorized"]:
-        console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
-    if any(net.get("private") for net in uge["authorized"]):
+    console.print(f"release written to {release.resolve()} (method {card.method})")
+    for net in card.authorized:
+        console.print(f"authorized {net.spec}: init sha256 {net.init_sha256}")
+    if card.has_private_weights:
         console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
                       " (keep it; never publish it)")
     table = Table(title="measured on the release")
     table.add_column("figure")
     table.add_column("value")
-    for split, stats in results["perturbation"].items():
-        table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats['linf_levels']:.0f} / {uge['pixel_bound']}")
-        table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats['mean_abs_levels']}, {stats['psnr_db']} dB")
-    if "invariance" in results:
-        inv = results["invariance"]
+    for split, stats in (results.perturbation if results is not None else {}).items():
+        table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats.linf_levels:.0f} / {card.pixel_bound}")
+        table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats.mean_abs_levels}, {stats.psnr_db} dB")
+    if "invariance" in extra:
+        inv = extra["invariance"]
         table.add_row("invariance K(x_u) = K(T(x)): images over tolerance", f"{inv['images_over_tolerance']} of {inv['images_checked']}")
-        table.add_row("mean signal (levels)", str(results["mean_signal_levels"]))
-    for net in results.get("authorized", []):
+        table.add_row("mean signal (levels)", str(extra["mean_signal_levels"]))
+    for net in extra.get("authorized", []):
         table.add_row(f"{net['spec']} clean train / protected train acc",
                       f"{net['clean_train_accuracy']} / {net['protected_train_accuracy']}")
         if net["clean_test_accuracy"] is not None:
-            table.add_row(f"{net['spec']} clean test acc ({results['test_split']})", str(net["clean_test_accuracy"]))
-    if "feature_cosine" in results:
-        table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
-    for when, terms in results.get("losses", {}).items():
+            table.add_row(f"{net['spec']} clean test acc ({results.test_split})", str(net["clean_test_accuracy"]))
+    if "feature_cosine" in extra:
+        table.add_row("encoder feature cosine clean vs protected", str(extra["feature_cosine"]))
+    for when, terms in extra.get("losses", {}).items():
         table.add_row(f"losses, {when.replace('_', ' ')}", ", ".join(f"{k} {v}" for k, v in terms.items()))
     console.print(table)
 

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from PIL import Image
 
 from .config import pixel_bound
 from .errors import UgeError
+
+if TYPE_CHECKING:
+    from .card import UgeBlock
 
 MAX_SIDE = 1024  # a longer side is downscaled (Lanczos) to this, with a note on the page
 MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (a 40 MP PNG is already ~100 MB)
@@ -333,7 +336,7 @@ class Inspection:
 
     ref: str  # as given: a folder or a Hub id
     folder: Path  # the local folder (a partial snapshot for a Hub id)
-    uge: dict
+    card: UgeBlock
     checks: list[tuple[str, bool, str]]  # card-based: (what, passed, detail)
     verify_ok: bool | None  # verify_release's verdict; None where it was not run
     verify: str  # markdown: verify_release's checks, or why it was not run
@@ -360,7 +363,7 @@ def resolve_release(ref: Any) -> Path:
     return fetch_release(text, allow_patterns=RELEASE_FILES)
 
 
-def card_checks(folder: Path, uge: dict) -> list[tuple[str, bool, str]]:
+def card_checks(folder: Path, card: UgeBlock) -> list[tuple[str, bool, str]]:
     """Checks the card allows without the data: each public authorized file against the card's sha256 and the spec
     rebuilt here (`uge_hf.authorized.weight_problems`); private weights (keyed) are not in a release, and no key
     material may be."""
@@ -368,11 +371,11 @@ def card_checks(folder: Path, uge: dict) -> list[tuple[str, bool, str]]:
     from .verify import key_material
 
     checks = []
-    for net in uge.get("authorized", []):
-        spec = net.get("spec", "?")
-        if net.get("private"):
+    for net in card.authorized:
+        spec = net.spec
+        if net.private:
             checks.append((f"{spec}: weights are private", True,
-                           f"not in the release; the card's sha256 {str(net.get('init_sha256'))[:16]}... checks a copy"))
+                           f"not in the release; the card's sha256 {net.init_sha256[:16]}... checks a copy"))
             continue
         try:
             problems = weight_problems(net, read_weights(folder, net))
@@ -409,34 +412,35 @@ def run_verify(ref: str, folder: Path) -> tuple[bool | None, str]:
 
 def inspect_release(ref: Any, verify: bool = True) -> Inspection:
     """Read a release's card and run the checks; `verify=False` skips verify_release (which reads every shard)."""
-    from .card import read_uge_block
+    from .card import read_card
 
     folder = resolve_release(ref)
-    uge = read_uge_block(folder)
+    card = read_card(folder)
     verify_ok, verify_md = run_verify(str(ref).strip(), folder) if verify else (None, "*verify_release not run.*")
-    return Inspection(str(ref).strip(), folder, uge, card_checks(folder, uge), verify_ok, verify_md)
+    return Inspection(str(ref).strip(), folder, card, card_checks(folder, card), verify_ok, verify_md)
 
 
 def summary_markdown(inspection: Inspection) -> str:
-    uge = inspection.uge
-    nets = [f"- `{n.get('spec')}`: {n.get('arch')}, width {n.get('width')}, seed {n.get('seed')}, "
-            f"{n.get('num_classes')} classes; init sha256 `{n.get('init_sha256')}`" for n in uge.get("authorized", [])]
-    encoder = uge.get("encoder") or {}
-    size = (uge.get("input") or {}).get("image_size")
-    keyed = uge.get("method") == "keyed"
+    card = inspection.card
+    fields = card.method_fields  # the method's own settings: the keyed method's key, the paper's encoder
+    nets = [f"- `{n.spec}`: {n.arch}, width {n.width}, seed {n.seed}, "
+            f"{n.num_classes} classes; init sha256 `{n.init_sha256}`" for n in card.authorized]
+    encoder = fields.get("encoder") or {}
+    size = list(card.image_size)
+    keyed = card.method == "keyed"
     lines = [
         f"### {inspection.ref}",
-        f"- **method**: {uge.get('method', 'gradient-matching')}"
+        f"- **method**: {card.method}"
         + (" (the authorized network's secret key stage removes the perturbation; the key is **not** public: "
            "authorized weights come from the publisher, the card holds their sha256)" if keyed else
            " (the paper's UGE; the authorized initial weights are public, in the release)"),
-        f"- **rho**: {uge.get('rho')} (every pixel within {uge.get('pixel_bound')} levels of its source)",
-        (f"- **key**: {uge.get('key')}" if keyed else
+        f"- **rho**: {card.rho} (every pixel within {card.pixel_bound} levels of its source)",
+        (f"- **key**: {fields.get('key')}" if keyed else
          f"- **encoder**: {encoder.get('name')}" + (f" @ {encoder['revision']}" if encoder.get("revision") else "")),
-        f"- **protected splits**: {', '.join(uge.get('protected_splits', []))}; image size {size}; "
-        f"{len(uge.get('class_names', []))} classes; seed {uge.get('seed')}; uge-hf {uge.get('uge_hf_version')}",
-        f"- **generator released**: {uge.get('generator_released')}"
-        + (" (anyone can make (x, x_u) pairs with it and learn to undo the protection)" if uge.get("generator_released") else ""),
+        f"- **protected splits**: {', '.join(card.protected_splits)}; image size {size}; "
+        f"{card.num_classes} classes; seed {card.seed}; uge-hf {card.uge_hf_version}",
+        f"- **generator released**: {fields.get('generator_released')}"
+        + (" (anyone can make (x, x_u) pairs with it and learn to undo the protection)" if fields.get("generator_released") else ""),
         "",
         ("**Authorized networks** (private: key stage + backbone, from the publisher)" if keyed else
          "**Authorized networks** (train from `authorized/SPEC.safetensors` with the card's recipe)"),
@@ -446,13 +450,12 @@ def summary_markdown(inspection: Inspection) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(uge: dict) -> str:
+def results_markdown(card: UgeBlock) -> str:
     """The card's `results` block flattened into a two-column table (keys joined by ' / ')."""
-    results = uge.get("results")
-    if not results:
+    if card.results is None:
         return "*The card has no results block.*"
     rows = ["**Measured** (the card's `uge.results`)", "", "| figure | value |", "|---|---|"]
-    rows += [f"| {key} | {value} |" for key, value in _flatten(results)]
+    rows += [f"| {key} | {value} |" for key, value in _flatten(card.results.to_dict())]
     return "\n".join(rows)
 
 
@@ -495,7 +498,7 @@ def inspect_handler(ref: Any, verify: bool = True) -> InspectOutputs:
     cards = "card checks passed" if all(ok for _, ok, _ in inspection.checks) else "card checks FAILED"
     message = f"Release read: {cards}, {verdict}." + ("" if inspection.passed else " See the checks below.")
     return (
-        summary_markdown(inspection), str(preview) if preview.is_file() else None, results_markdown(inspection.uge),
+        summary_markdown(inspection), str(preview) if preview.is_file() else None, results_markdown(inspection.card),
         checks_markdown(inspection), message,
     )  # fmt: skip
 

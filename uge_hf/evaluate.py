@@ -35,9 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .card import AuthorizedEntry
 from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
-from .data import ClassificationTensors, load_source, to_tensors
+from .data import TEST_SPLITS, ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
 from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
 from .layout import load_release
@@ -46,7 +47,6 @@ from .training import accuracy, train_classifier
 
 PAPER_HACKER_ARCHS = ("cnn", "lenet", "mobilenetv2", "shufflenetv2")
 ATTACKS = ("jpeg10", "grayscale", "augment", "linear-projection")
-TEST_SPLITS = ("test", "validation")
 
 
 def default_hackers(authorized: str) -> list[str]:
@@ -110,7 +110,7 @@ class EvaluationData:
     protected: ClassificationTensors
     test: ClassificationTensors
     recipe: Recipe
-    authorized: list[dict]  # the card's authorized entries
+    authorized: list[AuthorizedEntry]  # the card's authorized entries
     release_dir: Path
     # Authorized spec -> its input stage (a keyed network's key stage), a fixed module on [0, 1] images applied before
     # augmentation in training and at test time, and to the teacher's inputs when that network is the Distill teacher.
@@ -123,7 +123,7 @@ class EvaluationData:
     authorized_networks: dict[str, nn.Module] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.input_stages) - {net["spec"] for net in self.authorized})
+        unknown = sorted(set(self.input_stages) - {net.spec for net in self.authorized})
         if unknown:
             raise UgeError(f"input stages for {', '.join(unknown)}, which the card does not authorize")
 
@@ -136,16 +136,15 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     `config.wrong_key`, a "Wrong key" row (the same backbone behind another key's stage) and a "No key" row (the same
     backbone and init without the key stage: what the spec alone gives a hacker, and the plain clean reference).
     """
-    from .card import read_uge_block
-
+    from .card import read_card
     from .fetch import fetch_release
 
     release_dir = fetch_release(release_dir)
-    uge = read_uge_block(release_dir)
-    split = uge["protected_splits"][0]
-    image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
-    size = tuple(uge["input"]["image_size"])
-    names = uge["class_names"]
+    card = read_card(release_dir)
+    split = card.protected_splits[0]
+    image_column, label_column = card.image_column, card.label_column
+    size = card.image_size
+    names = card.class_names
     released = load_release(release_dir, [split])[split]
     clean_splits = load_source(clean_source)
     if split not in clean_splits:
@@ -165,27 +164,27 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     protected = tensors(released, config.train_rows)
     if not torch.equal(clean.labels, protected.labels):
         raise UgeError("the release's labels differ from the clean split's: is --clean the dataset it was made from?")
-    recipe = Recipe(**uge["recipe"])
+    recipe = card.recipe
     if config.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=config.epochs)
     test = tensors(clean_splits[test_name], config.test_rows)
-    data = EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
-    for net in uge["authorized"]:
+    data = EvaluationData(clean, protected, test, recipe, card.authorized, release_dir)
+    for net in card.authorized:
         content = read_weights(release_dir, net, authorized_weights)
         problems = weight_problems(net, content)
         if problems:
             raise UgeError("; ".join(problems))
         model = build_authorized(net, content)
         if isinstance(model, KeyedNetwork):
-            data.input_stages[net["spec"]] = model.key_stage
+            data.input_stages[net.spec] = model.key_stage
             model = model.backbone
-        data.authorized_networks[net["spec"]] = model
-    if uge["method"] == "keyed" and config.wrong_key:
-        net = uge["authorized"][0]
-        backbone = data.authorized_networks[net["spec"]]
-        wrong = wrong_key_stage(uge["key"], len(names))
-        data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), wrong),
-                                ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
+        data.authorized_networks[net.spec] = model
+    if card.method == "keyed" and config.wrong_key:
+        net = card.authorized[0]
+        backbone = data.authorized_networks[net.spec]
+        wrong = wrong_key_stage(card.method_fields["key"], len(names))
+        data.extra_networks += [("Wrong key", net.spec, lambda: copy.deepcopy(backbone), wrong),
+                                ("No key", net.spec, lambda: copy.deepcopy(backbone), None)]
     return data
 
 
@@ -343,14 +342,14 @@ def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer)
     rows: list[Row] = []
     teachers = {}
     for net in data.authorized:
-        checked = data.authorized_networks[net["spec"]]
+        checked = data.authorized_networks[net.spec]
         authorized_model = lambda checked=checked: copy.deepcopy(checked)
-        stage = data.input_stages.get(net["spec"])
-        results = measure(authorized_model, f"authorized {net['spec']}", stage_of=dict.fromkeys(variants, stage), peak=True)
-        rows.append(row(net["spec"], "authorized", "Normal", results))
+        stage = data.input_stages.get(net.spec)
+        results = measure(authorized_model, f"authorized {net.spec}", stage_of=dict.fromkeys(variants, stage), peak=True)
+        rows.append(row(net.spec, "authorized", "Normal", results))
         teachers.setdefault("first", ({v: (r.model, r.key) for v, r in results.items()}, stage))
 
-    hackers = config.hackers or default_hackers(data.authorized[0]["spec"])
+    hackers = config.hackers or default_hackers(data.authorized[0].spec)
     for spec in hackers:
         results = measure(lambda spec=spec: build_model(spec, num_classes), f"hacker {spec}", peak=True)
         rows.append(row(spec, "hacker", "Normal", results))
@@ -443,15 +442,14 @@ EVALUATION_MARKER = "<!-- uge-hf evaluation -->"
 
 def update_card(release_dir: str | Path, rows: list[Row], meta: dict) -> None:
     """Write the results into the release card: `uge.evaluation` in the YAML and a table in the prose."""
-    from huggingface_hub import DatasetCard
-
+    from .card import CARD_FILE, UgeBlock, load_card
     from .release import portable
 
-    path = Path(release_dir) / "README.md"
-    card = DatasetCard.load(path)
-    uge = card.data.to_dict()["uge"]
-    uge["evaluation"] = {**portable(meta), "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
-    card.data.uge = uge
+    card = load_card(release_dir)
+    block = UgeBlock.from_dict(card.data.to_dict().get("uge"))
+    evaluation = {**portable(meta), "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
+    card.data.uge = dataclasses.replace(block, evaluation=evaluation).to_dict()
+    path = Path(release_dir) / CARD_FILE
     section = (f"{EVALUATION_MARKER}\n## Evaluation (`uge-hf evaluate`)\n\nClean-test accuracy (%) of networks "
                f"trained on the clean and on the protected data with the card's recipe.\n\n{markdown_table(rows)}\n")
     text = card.text.split(EVALUATION_MARKER)[0].rstrip() + "\n\n" + section

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from .version import __version__
 from .apply import perturbation_stats, preview_grid
-from .card import CARD_SCHEMA_VERSION
+from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, UgeBlock
 from .config import ProtectConfig
-from .data import has_every_label, load_source, resolve_columns, source_label, to_pil_images, to_tensors
+from .data import held_out_split, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .errors import UgeError
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
@@ -85,7 +85,7 @@ def protect(
     if is_main_process():
         released = _released_splits(splits, config, result.protected, image_column)
         if output is not None:
-            uge = _uge_block(config, inputs, result, splits)
+            uge = _card_block(config, inputs, result, splits)
             files = {"uge_config.json": json_bytes(config.public_dict()), **result.public_files}
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
@@ -124,30 +124,30 @@ def _replace_images(split: Dataset, image_column: str, images: Tensor) -> Datase
     )
 
 
-def _uge_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> dict:
+def _card_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> UgeBlock:
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
     clean = inputs.fit
     first = config.splits[0]
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
-                      and config.keep_other_splits and has_every_label(splits[name], inputs.label_column)), None)
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "uge_hf_version": __version__,
-        "method": config.method,
-        "authorized": result.authorized,
-        "recipe": vars(config.recipe),
-        "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
-        "rho": config.rho,
-        "pixel_bound": config.pixel_bound,
-        **result.card,
-        "seed": config.seed,
-        "protected_splits": list(config.splits),
-        "columns": {"image": inputs.image_column, "label": inputs.label_column},
-        "class_names": list(clean.class_names),
-        "results": {
-            "perturbation": {first: perturbation_stats(clean.images, result.protected[first])},
-            "test_split": test_name,
-            **result.results,
-        },
-        "config": config.public_dict(),
-    }
+    test_split = held_out_split(splits, config.splits, inputs.label_column) if config.keep_other_splits else None
+    return UgeBlock(
+        uge_hf_version=__version__,
+        method=config.method,
+        # a method may hand back plain mappings: they are checked here, as a card's entries are when read
+        authorized=[net if isinstance(net, AuthorizedEntry) else AuthorizedEntry.from_dict(net, i)
+                    for i, net in enumerate(result.authorized)],
+        recipe=config.recipe,
+        input=InputTransform(tuple(clean.image_size), INPUT_MEAN, INPUT_STD),
+        rho=config.rho,
+        pixel_bound=config.pixel_bound,
+        method_fields=dict(result.card),
+        seed=config.seed,
+        protected_splits=list(config.splits),
+        columns={"image": inputs.image_column, "label": inputs.label_column},
+        class_names=list(clean.class_names),
+        results=Results(
+            perturbation={first: PerturbationStats(**perturbation_stats(clean.images, result.protected[first]))},
+            test_split=test_split,
+            method_results={k: v for k, v in result.results.items() if k not in ("perturbation", "test_split")},
+        ),
+        config=config.public_dict(),
+    )

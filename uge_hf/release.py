@@ -24,7 +24,7 @@ from datasets import Image as ImageFeature
 from datasets.table import embed_table_storage
 from PIL import Image
 
-from .card import render_card
+from .card import UgeBlock, render_card
 from .errors import UgeError
 from .layout import json_bytes
 
@@ -47,7 +47,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
 def write_release(
     output_dir: str | Path,
     dataset: DatasetDict,
-    uge: dict,
+    uge: UgeBlock,
     source: str,
     files: dict[str, bytes],
     preview: Image.Image,
@@ -70,7 +70,7 @@ def write_release(
     staging = output.parent / f".{output.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _stage(staging, dataset, portable(uge), portable(source), files, preview, num_shards)
+        _stage(staging, dataset, portable(uge.to_dict()), portable(source), files, preview, num_shards)
         if original is not None:
             from .verify import check_against_source
 

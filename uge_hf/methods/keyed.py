@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
+from ..card import AuthorizedEntry
 from ..data import to_tensors
 from ..errors import UgeError
 from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
 from ..layout import json_bytes
 from ..progress import is_main_process, progress_bar
-from ..specs import ModelSpec, build_model
+from ..specs import build_model
 from .base import MethodInput, MethodResult
 
 KEY_FILE = "key.json"
@@ -95,21 +96,15 @@ def protect(inputs: MethodInput) -> MethodResult:
     result.private_files[KEY_FILE] = key_json(key)
     for spec in config.authorized:
         weights = authorized_weights(spec, stage, num_classes)
-        entry = _entry(spec, num_classes, weights)
+        entry = AuthorizedEntry.from_spec(spec, num_classes, hashlib.sha256(weights).hexdigest(), private=True,
+                                          input_stage="key")
         result.authorized.append(entry)
         result.private_files[f"authorized/{spec}/model.safetensors"] = weights
         result.private_files[f"authorized/{spec}/config.json"] = json_bytes({
-            **entry, "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
+            **entry.to_dict(), "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
             "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
         })
     return result
-
-
-def _entry(spec_text: str, num_classes: int, weights: bytes) -> dict:
-    spec = ModelSpec.parse(spec_text)
-    return {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
-            "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest(),
-            "weights": None, "private": True, "input_stage": "key"}
 
 
 def authorized_weights(spec: str, stage: KeyStage, num_classes: int) -> bytes:
