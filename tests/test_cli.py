@@ -40,10 +40,29 @@ def test_protect_command_writes_a_release_and_prints_its_figures(dataset_folder,
     assert result.exit_code == 0, result.output
     assert f"release written to {output.resolve()}" in result.output
     assert f"init sha256 {init_sha256('resnet18-w4-seed0', 4)}" in result.output
+    assert "train: max |diff| / bound (levels)" in result.output and "/ 10" in result.output
     loaded = load_dataset(str(output))
     assert loaded["train"].num_rows == 24
     weights = (output / "authorized" / "resnet18-w4-seed0.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == init_sha256("resnet18-w4-seed0", 4)
+
+
+def test_protect_command_prints_from_the_result_not_from_the_folder(tiny_release, tmp_path, monkeypatch):
+    """The summary comes from protect()'s ProtectResult: nothing is read back from a README.md."""
+    import dataclasses
+
+    import uge_hf.pipeline
+    from uge_hf.card import read_card
+    from uge_hf.pipeline import ProtectResult
+
+    card = read_card(tiny_release)
+    card = dataclasses.replace(card, pixel_bound=77)  # a figure the folder's card does not hold
+    fake = ProtectResult(None, card, tmp_path / "nowhere", tmp_path / "nowhere.private")
+    monkeypatch.setattr(uge_hf.pipeline, "protect", lambda *args, **kwargs: fake)
+    result = runner.invoke(app, ["protect", str(tmp_path), "--output", str(tmp_path / "nowhere")])
+    assert result.exit_code == 0, result.output
+    assert f"release written to {tmp_path / 'nowhere'}" in result.output and "/ 77" in result.output
+    assert f"private key and authorized weights: {tmp_path / 'nowhere.private'}" in result.output
 
 
 @pytest.mark.parametrize(
@@ -98,7 +117,7 @@ def test_two_processes_with_torchrun(tmp_path):
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # One file per rank: the two processes' stdout can interleave ("rankrank 0 returned ...").
-    assert (tmp_path / "rank0.txt").read_text() == "DatasetDict" and (tmp_path / "rank1.txt").read_text() == "NoneType"
+    assert (tmp_path / "rank0.txt").read_text() == "ProtectResult" and (tmp_path / "rank1.txt").read_text() == "NoneType"
     assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
 
 

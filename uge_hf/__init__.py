@@ -10,6 +10,7 @@ from .version import __version__
 
 _EXPORTS = {
     "protect": "pipeline",
+    "ProtectResult": "pipeline",
     "ProtectConfig": "config",
     "Recipe": "config",
     "UgeError": "errors",
@@ -29,7 +30,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from .config import ProtectConfig, Recipe
     from .errors import UgeError
-    from .pipeline import protect
+    from .pipeline import ProtectResult, protect
     from .specs import ModelSpec, build_model, init_sha256
     from .authorized import load_authorized, load_key, train_authorized  # Hub release (#4)
     from .hub import push_release

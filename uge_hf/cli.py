@@ -13,7 +13,7 @@ import typer
 from .errors import UgeError
 
 if TYPE_CHECKING:
-    from .card import UgeBlock
+    from .pipeline import ProtectResult
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ungeneralizable examples for Hugging Face datasets.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,11 +127,9 @@ def protect(
     if trajectory_epochs is not None:
         values["recipe"] = {**values["recipe"], "epochs": trajectory_epochs}
     output = output or Path(f"{Path(dataset).name}-uge")
-    run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
-    if _is_main_process():
-        from .card import read_card
-
-        _print_summary(output, read_card(output))
+    result = run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
+    if result is not None:  # the main process (the others of a multi-process run get None)
+        _print_summary(result)
         if push is not None:  # Hub release (#4)
             try:
                 _push_and_report(output, push, private=private or None, revision=revision)
@@ -140,27 +138,20 @@ def protect(
                                f"`uge-hf push {output} {push}{f' --revision {revision}' if revision else ''}`]") from None
 
 
-def _is_main_process() -> bool:
-    from .progress import is_main_process
-
-    return is_main_process()
-
-
-def _print_summary(release: Path, card: UgeBlock) -> None:
-    """What `protect` wrote and measured (the release's card block `card`), on stdout."""
+def _print_summary(result: ProtectResult) -> None:
+    """What `protect` wrote and measured (its result: the card's block and the folders), on stdout."""
     from rich.console import Console
     from rich.table import Table
 
-    from .private import private_dir_for
-
+    card = result.card
     results = card.results
     extra = results.method_results if results is not None else {}
     console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
-    console.print(f"release written to {release.resolve()} (method {card.method})")
+    console.print(f"release written to {result.release_dir} (method {card.method})")
     for net in card.authorized:
         console.print(f"authorized {net.spec}: init sha256 {net.init_sha256}")
-    if card.has_private_weights:
-        console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
+    if result.private_dir is not None:
+        console.print(f"[bold]private[/bold] key and authorized weights: {result.private_dir}"
                       " (keep it; never publish it)")
     table = Table(title="measured on the release")
     table.add_column("figure")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Image
 from torch import Tensor
@@ -24,7 +27,7 @@ from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
 from .layout import json_bytes
-from .release import check_output_dir, write_release
+from .release import check_output_dir, portable, write_release
 from .training import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 
@@ -37,7 +40,7 @@ def protect(
     config: ProtectConfig | None = None,
     overwrite: bool = False,
     **options,
-) -> DatasetDict | None:
+) -> ProtectResult | None:
     """Protect `dataset` so that only the `authorized` network(s) learn well from it.
 
     Args:
@@ -50,7 +53,10 @@ def protect(
         overwrite: replace a non-empty `output_dir` (and its private folder).
 
     Returns:
-        The protected `DatasetDict` (the main process's; other processes of a multi-process run get None).
+        A `ProtectResult`: the protected `DatasetDict`, the card's `uge:` block (`UgeBlock`, as written), and the
+        release and private folders (None where none was written). Other processes of a multi-process run get None.
+        (Before 0.2 this returned the `DatasetDict` alone: `result["train"]` still works, with a DeprecationWarning;
+        use `result.dataset["train"]`.)
     """
     values = config.to_dict() if config is not None else {}
     values.update(options)
@@ -81,20 +87,39 @@ def protect(
     inputs = MethodInput(config, splits, clean, image_column, label_column, work_dir)
     result = get_method(config.method).protect(inputs)
 
-    released = None
+    outcome = None
     if is_main_process():
         released = _released_splits(splits, config, result.protected, image_column)
+        card = _card_block(config, inputs, result, splits)
+        written = private if output is not None and result.private_files else None
         if output is not None:
-            uge = _card_block(config, inputs, result, splits)
+            card = UgeBlock.from_dict(portable(card.to_dict()))  # as the release's README.md holds it
             files = {"uge_config.json": json_bytes(config.public_dict()), **result.public_files}
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
             with write_private(private, result.private_files):
-                write_release(output, released, uge, source_name, files, preview, config.num_shards, overwrite, original=splits)
+                output = write_release(output, released, card, source_name, files, preview, config.num_shards,
+                                       overwrite, original=splits)
+        outcome = ProtectResult(released, card, output, written.resolve() if written is not None else None)
     result.barrier()
     if is_main_process() and result.work_dir is not None:
         shutil.rmtree(result.work_dir, ignore_errors=True)
-    return released
+    return outcome
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    """What `protect()` made: the protected splits, the card's block, and where they were written."""
+
+    dataset: DatasetDict  # the released splits: protected ones with their new images, the others as configured
+    card: UgeBlock  # the `uge:` block (written to release_dir/README.md when there is a release folder)
+    release_dir: Path | None  # the release folder (absolute); None when protect() was given no output_dir
+    private_dir: Path | None  # OUTPUT.private/ (key, authorized weights); None when the method wrote nothing private
+
+    def __getitem__(self, split: str) -> Dataset:
+        """`result[split]`, as when protect() returned the `DatasetDict` itself (deprecated: `result.dataset[split]`)."""
+        warnings.warn("protect() returns a ProtectResult: use result.dataset[split]", DeprecationWarning, stacklevel=2)
+        return self.dataset[split]
 
 
 def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict[str, Tensor], image_column: str) -> DatasetDict:
