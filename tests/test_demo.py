@@ -295,7 +295,7 @@ def test_demo_command_without_a_generator_is_a_one_line_error(tmp_path):
 
 
 def test_keyed_protection_of_an_upload_stays_in_the_key_subspace(tmp_path):
-    from uge_hf.methods.keyed import load_secret_key
+    from uge_hf.key import load_secret_key
 
     upload = random_image(tmp_path / "up.png", 37, 45)
     result = demo.protect_image(upload, 0.04, demo.load_assets(SPACES), method="keyed", label="cat")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .errors import UgeError
 from .solver import perturb
-from .training import to_unit
+from .inputs import to_unit
 
 
 def quantize_within_bound(source: Tensor, protected: Tensor, pixel_bound: int) -> Tensor:

@@ -2,15 +2,15 @@
 
     model = uge_hf.load_authorized("me/cifar10-uge")                                   # public weights (paper's method)
     model = uge_hf.load_authorized("me/cifar10-uge", weights="cifar10-uge.private")    # keyed: weights from the publisher
-    model, metrics = uge_hf.train_authorized("me/cifar10-uge", weights="model.safetensors")
     key_stage = uge_hf.load_key("model.safetensors")                                   # for your own training loop
 
-The weights check lives here once (`weight_problems`): `verify`, `evaluate` and the demo call it.
+The weights check lives here once (`weight_problems`): `verify`, `evaluate` and the demo call it. Training the
+authorized network as the card prescribes is `uge_hf.train_authorized` (`authorized_training`): this module is
+read by the release checks and does not import the trainer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -42,7 +42,7 @@ class KeyedNetwork(nn.Module):
         self.backbone = backbone
 
     def forward(self, images):
-        from .training import normalize
+        from .inputs import normalize
 
         return self.backbone(normalize(self.key_stage(images)))
 
@@ -60,10 +60,10 @@ def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: st
     from .fetch import fetch_release
 
     folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
-    return _checked_network(folder, authorized_entry(folder, index), weights)
+    return checked_network(folder, authorized_entry(folder, index), weights)
 
 
-def _checked_network(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None) -> nn.Module:
+def checked_network(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None) -> nn.Module:
     """`net`'s network from its weights (the release's, or `weights`), after `weight_problems` found none."""
     content = read_weights(folder, net, weights)
     problems = weight_problems(net, content)
@@ -91,79 +91,10 @@ def load_key(path: str | os.PathLike) -> nn.Module:
         except (FileNotFoundError, SafetensorError, OSError) as e:
             raise UgeError(f"cannot read the weights file {path}: {e}") from None
         return _key_stage(tensors, path)
-    from .methods.keyed import load_secret_key
+    from .key import load_secret_key
 
     stage: KeyStage = load_secret_key(path).stage()
     return stage
-
-
-def train_authorized(
-    repo_or_dir: str | os.PathLike,
-    index: int = 0,
-    epochs: int | None = None,
-    device: str | torch.device | None = None,
-    *,
-    revision: str | None = None,
-    split: str | None = None,
-    weights: str | os.PathLike | None = None,
-    **recipe_overrides,
-) -> tuple[nn.Module, dict]:
-    """Train the authorized network `index` on the release as its card prescribes; return (model, metrics).
-
-    Starts from `load_authorized` (hash-verified; `weights` as there) and trains on the release's protected split
-    (the card's first `protected_splits`, or `split`) with the card's recipe (`epochs` and `recipe_overrides`, e.g.
-    `batch_size=64`, replace its fields; the paper's method was fitted to the card's recipe, so changes are at the
-    user's risk). A keyed network's key stage is applied before augmentation. The metrics hold the accuracy on the
-    training split and, when the release has a `test` or `validation` split, on it. `device`: default CUDA when
-    available, else CPU. Returns the model `load_authorized` returns, trained.
-    """
-    from .card import read_card
-    from .config import Recipe
-    from .data import held_out_split, resolve_columns, to_tensors
-    from .fetch import fetch_release
-    from .progress import is_main_process
-    from .layout import load_release, release_data_files
-    from .training import accuracy, train_classifier
-
-    folder = fetch_release(repo_or_dir, revision)
-    card = read_card(folder)
-    net = card.authorized_entry(index)
-    model = _checked_network(folder, net, weights)
-    backbone, stage = (model.backbone, model.key_stage) if isinstance(model, KeyedNetwork) else (model, None)
-    if epochs is not None:
-        recipe_overrides["epochs"] = epochs
-    unknown = sorted(set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)})
-    if unknown:
-        raise UgeError(f"unknown recipe fields {', '.join(unknown)}; the recipe has {', '.join(f.name for f in dataclasses.fields(Recipe))}")
-    recipe = dataclasses.replace(card.recipe, **recipe_overrides)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    train_split = split or card.protected_splits[0]
-    available = release_data_files(folder)
-    test_split = held_out_split(available, exclude=[train_split])
-    splits = load_release(folder, [train_split] + ([test_split] if test_split else []))
-    image_column, label_column = resolve_columns(splits[train_split], card.image_column, card.label_column)
-    data = {
-        name: to_tensors(ds, image_column, label_column, card.image_size, card.class_names, progress=is_main_process())
-        for name, ds in splits.items()
-    }
-    train = data[train_split]
-    train_classifier(backbone, train.images, train.labels, recipe, device, description=f"training {net.spec}",
-                     input_stage=stage)
-    metrics = {
-        "spec": net.spec,
-        "method": card.method,
-        "train_split": train_split,
-        "train_rows": len(train.labels),
-        "epochs": recipe.epochs,
-        "train_accuracy": round(accuracy(backbone, train.images, train.labels, device, input_stage=stage), 4),
-        "test_split": test_split,
-        "test_accuracy": None,
-    }
-    if test_split:
-        test = data[test_split]
-        metrics["test_accuracy"] = round(accuracy(backbone, test.images, test.labels, device, input_stage=stage), 4)
-    return model.cpu(), metrics
 
 
 def authorized_entry(folder: Path, index: int) -> AuthorizedEntry:
@@ -187,7 +118,7 @@ def read_weights(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike 
             path = path / "authorized" / net.spec / "model.safetensors"
         if path.suffix == ".json" and net.input_stage == "key" and path.is_file():
             # a key file authorizes too: the backbone's init is public (its spec), the key stage comes from the key
-            from .methods.keyed import authorized_weights, load_secret_key
+            from .key import load_secret_key
 
             return authorized_weights(net.spec, load_secret_key(path, net.num_classes).stage(), net.num_classes)
     elif net.weights:
@@ -241,6 +172,18 @@ def weight_problems(net: AuthorizedEntry, content: bytes, name: str | None = Non
     except Exception as e:  # untrusted bytes: whatever safetensors or torch raise is a problem to report, not a crash
         problems.append(f"{name} cannot be read as the weights of {net.spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return problems
+
+
+def authorized_weights(spec: str, stage: nn.Module, num_classes: int) -> bytes:
+    """A keyed authorized network's initial weights as one safetensors file: `key_stage.*` buffers (the key stage
+    `stage`) + `backbone.*` (the spec's seeded init). Its sha256 is the card's `init_sha256`."""
+    from safetensors.torch import save
+
+    from .specs import build_model
+
+    tensors = {f"{KEY_STAGE_PREFIX}{k}": v.contiguous() for k, v in stage.state_dict().items()}
+    tensors.update({f"{BACKBONE_PREFIX}{k}": v.detach().contiguous() for k, v in build_model(spec, num_classes).state_dict().items()})
+    return save(tensors)
 
 
 def build_authorized(net: AuthorizedEntry, content: bytes) -> nn.Module:

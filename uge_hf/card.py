@@ -272,7 +272,7 @@ class UgeBlock:
     def from_dict(cls, data: Any) -> UgeBlock:
         """Parse and check a `uge:` mapping; a UgeError names the first wrong field (`README.md: uge.FIELD ...`)."""
         if not isinstance(data, Mapping):
-            raise UgeError(f"the card has no 'uge:' block: not a uge-hf release")
+            raise UgeError("the card has no 'uge:' block: not a uge-hf release")
         version = data.get("schema_version")
         if version not in READABLE_SCHEMA_VERSIONS:
             raise UgeError(f"the card has uge schema version {version!r}; "

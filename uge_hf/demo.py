@@ -249,7 +249,7 @@ def protect_image(image: Any, rho: Any, assets: DemoAssets | None = None, name: 
     source = torch.from_numpy(original).permute(2, 0, 1).unsqueeze(0).contiguous()
     if method == "keyed":
         from .key import protect_keyed
-        from .methods.keyed import load_secret_key
+        from .key import load_secret_key
 
         if label not in DEMO_CLASSES:
             raise UgeError(f"unknown class {label!r}: the demo key has {', '.join(DEMO_CLASSES)}")

@@ -33,16 +33,21 @@ direction it cannot move.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .errors import UgeError
+from .layout import json_bytes
 
 KEY_BYTES = 32  # 256-bit keys, drawn with `secrets`
+KEY_FILE = "key.json"  # in the private folder
+KEY_FORMAT = "uge-hf key"  # the key file's "format": also how `verify` spots a key in a release
 SIGN_MODES = ("random", "image", "fixed")  # a sign per image and region / per image / none
 
 
@@ -308,3 +313,31 @@ def invariance_residual(stage: KeyStage, protected: Tensor, adjusted: Tensor) ->
     rows, cols = v.shape[1], v.shape[2]
     change[:, :, : rows * stage.tile, : cols * stage.tile] = 0
     return torch.maximum(inside, change.abs().flatten(1).amax(1).double())
+
+
+def key_json(key: SecretKey) -> bytes:
+    """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
+    return json_bytes({
+        "format": KEY_FORMAT, "version": 1, "secret": key.secret.hex(), "channels": key.geometry.channels,
+        "tile": key.geometry.tile, "groups": key.geometry.groups, "grain": key.geometry.grain, "num_classes": key.num_classes,
+    })
+
+
+def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
+    """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != KEY_FORMAT:
+            raise ValueError("not a uge-hf key file")
+        geometry = KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1))
+        key = SecretKey(bytes.fromhex(data["secret"]), geometry, data["num_classes"])
+    except FileNotFoundError:
+        raise UgeError(f"no key file at {path}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
+    if num_classes is not None and key.num_classes != num_classes:
+        raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
+    return key

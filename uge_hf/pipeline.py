@@ -28,7 +28,7 @@ from .private import private_dir_for, write_private
 from .progress import is_main_process
 from .layout import json_bytes
 from .release import check_output_dir, portable, write_release
-from .training import INPUT_MEAN, INPUT_STD
+from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 
 

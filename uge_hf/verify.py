@@ -168,7 +168,7 @@ def _check_no_key_material(folder: Path) -> Check:
 def key_material(folder: Path) -> list[str]:
     """Release-relative paths of files that look like they authorize: a uge-hf key file (whatever its name) or
     weights holding a key stage (safetensors, torch pickles, any prefix). Parquet shards (the data) are skipped."""
-    from .methods.keyed import KEY_FORMAT
+    from .key import KEY_FORMAT
 
     markers = (KEY_FORMAT.encode(), b"key_stage.")
     found = []

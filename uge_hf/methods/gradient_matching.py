@@ -35,7 +35,8 @@ from ..progress import is_main_process
 from ..layout import json_bytes
 from ..solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
 from ..specs import ModelSpec, build_model, init_state_bytes
-from ..training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
+from ..inputs import INPUT_MEAN, INPUT_STD
+from ..training import accuracy, train_classifier
 from ..trajectory import Trajectory, compute_trajectory
 from .base import MethodInput, MethodResult
 

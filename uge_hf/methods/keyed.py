@@ -8,23 +8,18 @@ card carries the sha256 of the authorized weights (key stage + backbone initiali
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from ..card import AuthorizedEntry
 from ..data import to_tensors
 from ..errors import UgeError
-from ..key import KeyGeometry, KeyStage, SecretKey, new_secret, protect_keyed
+from ..authorized import authorized_weights
+from ..key import KEY_FILE, KeyGeometry, SecretKey, key_json, load_secret_key, new_secret, protect_keyed
 from ..layout import json_bytes
 from ..progress import is_main_process, progress_bar
-from ..specs import build_model
 from .base import MethodInput, MethodResult
 
-KEY_FILE = "key.json"
-KEY_FORMAT = "uge-hf key"
 CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
 # K(x_u) - K(T(x)) is exactly 0 in integer arithmetic; in float64 the projection leaves ~1e-12 levels.
 INVARIANCE_TOLERANCE_LEVELS = 1e-6
@@ -105,38 +100,3 @@ def protect(inputs: MethodInput) -> MethodResult:
             "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
         })
     return result
-
-
-def authorized_weights(spec: str, stage: KeyStage, num_classes: int) -> bytes:
-    """The authorized network's initial weights as one safetensors file: `key_stage.*` buffers + `backbone.*`."""
-    tensors = {f"key_stage.{k}": v.contiguous() for k, v in stage.state_dict().items()}
-    tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in build_model(spec, num_classes).state_dict().items()})
-    return save(tensors)
-
-
-def key_json(key: SecretKey) -> bytes:
-    """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
-    return json_bytes({
-        "format": KEY_FORMAT, "version": 1, "secret": key.secret.hex(), "channels": key.geometry.channels,
-        "tile": key.geometry.tile, "groups": key.geometry.groups, "grain": key.geometry.grain, "num_classes": key.num_classes,
-    })
-
-
-def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
-    """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / KEY_FILE
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format") != KEY_FORMAT:
-            raise ValueError("not a uge-hf key file")
-        geometry = KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1))
-        key = SecretKey(bytes.fromhex(data["secret"]), geometry, data["num_classes"])
-    except FileNotFoundError:
-        raise UgeError(f"no key file at {path}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
-    if num_classes is not None and key.num_classes != num_classes:
-        raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
-    return key
