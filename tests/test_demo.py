@@ -1,4 +1,4 @@
-"""The demo (`uge_hf/demo.py`): its handlers as plain functions, and the page in a real (headless) Chromium."""
+"""The demo (`uge_hf/demo/`): its handlers as plain functions, and the page in a real (headless) Chromium."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_bad_inputs_give_a_message_not_a_crash(assets, tmp_path, make_input, rho
 
 
 def test_too_many_pixels_are_refused_before_decoding(assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(demo.protect_tab, "MAX_PIXELS", 100 * 100)
     with pytest.warns(UserWarning):
         outputs = demo.protect_handler(str(random_image(tmp_path / "big.png", 200, 120)), 0.04, SPACES)
     assert "200x120 (24,000 pixels): over the 10,000 pixels" in outputs[5]
