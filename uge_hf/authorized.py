@@ -179,11 +179,10 @@ def authorized_weights(spec: str, stage: nn.Module, num_classes: int) -> bytes:
     `stage`) + `backbone.*` (the spec's seeded init). Its sha256 is the card's `init_sha256`."""
     from safetensors.torch import save
 
+    from .files import weights_tensors
     from .specs import build_model
 
-    tensors = {f"{KEY_STAGE_PREFIX}{k}": v.contiguous() for k, v in stage.state_dict().items()}
-    tensors.update({f"{BACKBONE_PREFIX}{k}": v.detach().contiguous() for k, v in build_model(spec, num_classes).state_dict().items()})
-    return save(tensors)
+    return save({**weights_tensors(stage, KEY_STAGE_PREFIX), **weights_tensors(build_model(spec, num_classes), BACKBONE_PREFIX)})
 
 
 def build_authorized(net: AuthorizedEntry, content: bytes) -> nn.Module:

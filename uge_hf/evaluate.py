@@ -40,6 +40,7 @@ from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
 from .data import TEST_SPLITS, ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
+from .files import atomic_write, weights_tensors
 from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
 from .layout import load_release
 from .specs import ModelSpec, build_model
@@ -263,9 +264,7 @@ class Trainer:
                          teacher=teacher[0] if teacher else None, input_stage=input_stage, teacher_stage=teacher_stage)
         if record_on is not None:  # before the weights: weights on disk always come with their curve
             self._write_curve(name, _data_fingerprint(*record_on), curve)
-        partial = path.with_name(path.name + ".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
-        partial.replace(path)
+        atomic_write(path, lambda partial: save_file(weights_tensors(model), str(partial)))
         self.trained_here.add(name)
         return model, name
 
@@ -281,9 +280,7 @@ class Trainer:
         path = self.cache_dir / f"{key}.epochs.json"
         curves = json.loads(path.read_text()) if path.exists() else {}
         curves[data] = curve
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(curves) + "\n")
-        partial.replace(path)
+        atomic_write(path, lambda partial: partial.write_text(json.dumps(curves) + "\n"))
 
 
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,

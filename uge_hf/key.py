@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UgeError
-from .layout import json_bytes
+from .files import json_bytes
 
 KEY_BYTES = 32  # 256-bit keys, drawn with `secrets`
 KEY_FILE = "key.json"  # in the private folder

@@ -26,7 +26,7 @@ from .errors import UgeError
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
-from .layout import json_bytes
+from .files import json_bytes
 from .release import check_output_dir, portable, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits

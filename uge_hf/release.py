@@ -26,7 +26,7 @@ from PIL import Image
 
 from .card import UgeBlock, render_card
 from .errors import UgeError
-from .layout import json_bytes
+from .files import json_bytes
 
 SHARD_BYTES = 500 * 2**20
 

@@ -32,9 +32,9 @@ from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
 from ..data import ClassificationTensors, held_out_split, to_tensors
 from ..encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from ..progress import is_main_process
-from ..layout import json_bytes
+from ..files import atomic_write, json_bytes, weights_bytes, weights_tensors
 from ..solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
-from ..specs import ModelSpec, build_model, init_state_bytes
+from ..specs import ModelSpec, build_model
 from ..inputs import INPUT_MEAN, INPUT_STD
 from ..training import accuracy, train_classifier
 from ..trajectory import Trajectory, compute_trajectory
@@ -118,9 +118,7 @@ def protect(inputs: MethodInput) -> MethodResult:
         result.results = _measure(config, clean, trajectories, encoder, ctx, splits, protected_fit, losses,
                                   inputs.image_column, inputs.label_column, accelerator.device)
         if config.release_generator:
-            from safetensors.torch import save
-
-            result.public_files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
+            result.public_files["generator.safetensors"] = weights_bytes(generator)
     return result
 
 
@@ -166,9 +164,7 @@ class _Cache:
     def get(self, name: str, compute: Callable[[], T], save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
         path = self.work_dir / name
         if not path.exists() and self.accelerator.is_main_process:
-            partial = path.with_name(path.name + ".partial")
-            save(compute(), partial)
-            os.replace(partial, path)
+            atomic_write(path, lambda partial: save(compute(), partial))
         self.accelerator.wait_for_everyone()
         return load(path)
 
@@ -190,7 +186,7 @@ def _encoder(config: ProtectConfig, clean: ClassificationTensors, cache: _Cache,
     return cache.get(
         "surrogate.safetensors",
         fit,
-        lambda encoder, path: save_file({k: v.contiguous().cpu() for k, v in encoder.state_dict().items()}, str(path)),
+        lambda encoder, path: save_file(weights_tensors(encoder), str(path)),
         lambda path: SurrogateEncoder.from_state_dict(build_model(spec, num_classes), load_file(str(path))),
     )
 
@@ -259,7 +255,7 @@ def _authorized_entry(spec_text: str, init: str, num_classes: int) -> tuple[Auth
 
     A private init (`init` != the declared spec) records no seed: the spec names the architecture only.
     """
-    weights = init_state_bytes(build_model(init, num_classes))
+    weights = weights_bytes(build_model(init, num_classes))
     entry = AuthorizedEntry.from_spec(spec_text, num_classes, hashlib.sha256(weights).hexdigest(),
                                       secret_seed=init != spec_text)
     return entry, weights

@@ -16,7 +16,7 @@ from ..data import to_tensors
 from ..errors import UgeError
 from ..authorized import authorized_weights
 from ..key import KEY_FILE, KeyGeometry, SecretKey, key_json, load_secret_key, new_secret, protect_keyed
-from ..layout import json_bytes
+from ..files import json_bytes
 from ..progress import is_main_process, progress_bar
 from .base import MethodInput, MethodResult
 
