@@ -115,7 +115,8 @@ def test_a_hub_id_is_fetched_as_a_dataset_snapshot(release, monkeypatch):
 
 def test_train_authorized_follows_the_card_and_reports_metrics(release):
     model, metrics = uge_hf.train_authorized(release, epochs=1, device="cpu")
-    assert isinstance(model, torch.nn.Module)
+    init = build_model(SPEC, 4).state_dict()
+    assert type(model) is type(build_model(SPEC, 4)) and model.state_dict().keys() == init.keys()  # the card's network
     assert metrics["spec"] == SPEC and metrics["epochs"] == 1
     assert metrics["train_split"] == "train" and metrics["train_rows"] == 32
     assert metrics["test_split"] == "test"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from datasets import DatasetDict, load_dataset
+from datasets import load_dataset
 from typer.testing import CliRunner
 
 from uge_hf.cli import app

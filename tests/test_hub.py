@@ -31,7 +31,7 @@ from uge_hf.cli import app
 from uge_hf.errors import UgeError
 from uge_hf.hub import check_repo_id, release_files
 
-from .conftest import TINY_OPTIONS, make_image_dataset
+from .conftest import make_image_dataset
 
 WRITE, READ = "hf_write_token", "hf_read_token"
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"

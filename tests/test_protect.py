@@ -105,7 +105,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(release, tmp_path, 
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(solver, "uge_loss", crash_after_five_steps)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
     assert not output.exists()  # nothing half-released
     work = tmp_path / "resumed.uge-work"
@@ -222,7 +222,7 @@ def test_replay_solver_reruns_the_recipe_exactly_and_resumes(tiny_dataset, tmp_p
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(solver, "uge_loss", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         solver.refine_along_replay(Accelerator(), ctx, data.images, data.labels, tmp_path / "killed")
     assert len(torch.load(tmp_path / "killed" / "replay.pt", weights_only=True)["epoch_logs"]) == 1
     monkeypatch.setattr(solver, "uge_loss", real_loss)

@@ -29,11 +29,9 @@ TRAIN = "data/train-00000-of-00001.parquet"
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> tuple[DatasetDict, Path]:
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("verify") / "cifar-uge"
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
-    return source, output
+def made(tiny_release) -> tuple[DatasetDict, Path]:
+    """The shared tiny release and the source it was made from (conftest's standard tiny source)."""
+    return DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1)), tiny_release
 
 
 @pytest.fixture
