@@ -440,7 +440,7 @@ EVALUATION_MARKER = "<!-- uge-hf evaluation -->"
 def update_card(release_dir: str | Path, rows: list[Row], meta: dict) -> None:
     """Write the results into the release card: `uge.evaluation` in the YAML and a table in the prose."""
     from .card import CARD_FILE, UgeBlock, load_card
-    from .release import portable
+    from .files import portable
 
     card = load_card(release_dir)
     block = UgeBlock.from_dict(card.data.to_dict().get("uge"))

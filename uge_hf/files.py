@@ -44,3 +44,22 @@ def weights_bytes(module: nn.Module) -> bytes:
 def json_bytes(value: Any) -> bytes:
     """`value` as the release's JSON files hold it: indented, keys sorted, one final newline."""
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def portable(value):
+    """`value` (str, or dicts / lists of them) with every absolute path of a file or folder on this machine cut
+    to its last component.
+
+    A release leaves this machine: "/home/alice/models/clip" (a local encoder) says where a file was, not what
+    it is, and names a user. Hub ids, relative paths and strings that only look like paths (a class named
+    "/m/01yrx") are kept.
+    """
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    if isinstance(value, str) and value.strip():
+        path = os.path.expanduser(value)
+        if os.path.isabs(path) and os.path.exists(path):
+            return os.path.basename(os.path.normpath(path)) or value
+    return value

@@ -23,11 +23,11 @@ from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, U
 from .config import ProtectConfig
 from .data import held_out_split, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .errors import UgeError
+from .files import json_bytes, portable
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
-from .files import json_bytes
-from .release import check_output_dir, portable, write_release
+from .release import check_output_dir, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .card import UgeBlock, render_card
 from .errors import UgeError
-from .files import json_bytes
+from .files import json_bytes, portable
 
 SHARD_BYTES = 500 * 2**20
 
@@ -134,22 +134,3 @@ def standalone(ds: Dataset, features: Features) -> Dataset:
     except OSError as e:
         raise UgeError(f"an image file of the dataset cannot be read to embed it in the release: {e}") from None
     return embedded.with_format(**ds.format)
-
-
-def portable(value):
-    """`value` (str, or dicts / lists of them) with every absolute path of a file or folder on this machine cut
-    to its last component.
-
-    A release leaves this machine: "/home/alice/models/clip" (a local encoder) says where a file was, not what
-    it is, and names a user. Hub ids, relative paths and strings that only look like paths (a class named
-    "/m/01yrx") are kept.
-    """
-    if isinstance(value, dict):
-        return {key: portable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [portable(item) for item in value]
-    if isinstance(value, str) and value.strip():
-        path = os.path.expanduser(value)
-        if os.path.isabs(path) and os.path.exists(path):
-            return os.path.basename(os.path.normpath(path)) or value
-    return value

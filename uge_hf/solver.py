@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .config import ProtectConfig
 from .encoders import Encoder
+from .apply import perturb
 from .errors import UgeError
 from .files import atomic_write
 from .losses import feature_deviation_loss, gradient_matching_loss, least_similar_class, undistill_loss
@@ -40,12 +41,6 @@ def build_generator(config: ProtectConfig) -> PerturbationGenerator:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return PerturbationGenerator(config.rho, config.generator_channels, config.generator_blocks)
-
-
-def perturb(generator: nn.Module, x: Tensor, rho: float) -> Tensor:
-    """x_u = clamp(x + G(x), x - rho, x + rho) within [0, 1] (Eq. 3, with G predicting the residual)."""
-    delta = generator(x).clamp(-rho, rho)
-    return (x + delta).clamp(0, 1)
 
 
 @dataclass
