@@ -49,7 +49,8 @@ def protect(
         output_dir: where to write the release folder; None returns the protected dataset without writing one.
             Key material (the keyed method's key and authorized weights) goes to `OUTPUT.private/` beside it,
             never into the release.
-        config: a full `ProtectConfig`; `authorized` and `options` (any of its fields) override it.
+        config: a full `ProtectConfig` (used as it is: validated when it was made); `authorized` and `options` (any
+            of its fields) override it, and the result is validated again.
         overwrite: replace a non-empty `output_dir` (and its private folder).
 
     Returns:
@@ -58,11 +59,12 @@ def protect(
         (Before 0.2 this returned the `DatasetDict` alone: `result["train"]` still works, with a DeprecationWarning;
         use `result.dataset["train"]`.)
     """
-    values = config.to_dict() if config is not None else {}
-    values.update(options)
-    if authorized is not None:
-        values["authorized"] = authorized
-    config = ProtectConfig.from_dict(values)
+    if config is None or options or authorized is not None:  # a config alone was validated when it was made
+        values = config.to_dict() if config is not None else {}
+        values.update(options)
+        if authorized is not None:
+            values["authorized"] = authorized
+        config = ProtectConfig.from_dict(values)
 
     if output_dir is None and config.method == "keyed" and config.key_file is None:
         raise UgeError("the keyed method needs an output folder: its key is written to OUTPUT.private/ beside it"
