@@ -23,7 +23,7 @@ import torch
 from datasets import load_dataset
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.data import to_tensors
 from uge_hf.key import KeyGeometry, SecretKey, new_secret, protect_keyed
 
@@ -42,7 +42,7 @@ def main() -> None:
     start = time.perf_counter()
     uge_hf.protect(train, output_dir=out, method="keyed", authorized="resnet18-w16-seed0")
     end_to_end = time.perf_counter() - start
-    card = read_uge_block(out)
+    card = read_card(out)
     shutil.rmtree(out.parent)
 
     tensors = to_tensors(train, "img", "label")
@@ -60,7 +60,7 @@ def main() -> None:
         "apply_seconds": round(apply_seconds, 2),
         "apply_img_per_s": round(args.rows / apply_seconds),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "invariance": card["results"]["invariance"],
+        "invariance": card.results.method_results["invariance"],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "command": "python benchmarks/keyed_speed.py",
     }

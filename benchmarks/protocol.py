@@ -21,7 +21,7 @@ import torch
 from datasets import DatasetDict, load_dataset
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.config import ProtectConfig
 from uge_hf.private import private_dir_for
 from uge_hf.evaluate import (ATTACKS, EvaluateConfig, Row, Trainer, load_evaluation_data, markdown_table, run_protocol,
@@ -207,10 +207,10 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "versions": {"uge_hf": uge_hf.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "release_card_results": read_uge_block(release)["results"],
+        "release_card_results": read_card(release).results.to_dict(),
         "release_config": json.loads((release / "uge_config.json").read_text()),
-        "release_key": read_uge_block(release).get("key"),  # the keyed method's settings, as its card records them
-        "release_lock": read_uge_block(release).get("lock"),  # the lock method's poison and cipher, as its card records them
+        "release_key": read_card(release).method_fields.get("key"),  # the keyed method's settings, as its card records them
+        "release_lock": read_card(release).method_fields.get("lock"),  # the lock method's poison and cipher, as its card records them
         "rows": [{**dataclasses.asdict(r), "change": r.change} for r in rows],
         "noise_baseline_rows": [{**dataclasses.asdict(r), "change": r.change} for r in noise_rows],
         "targets": checks,

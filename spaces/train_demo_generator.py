@@ -51,12 +51,12 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import uge_hf
-    from uge_hf.card import read_uge_block
+    from uge_hf.card import read_card
 
     with tempfile.TemporaryDirectory() as tmp:
         release = args.keep_release or Path(tmp) / "release"
         uge_hf.protect(str(SAMPLE), output_dir=release, overwrite=True, **SETTINGS)
-        uge = read_uge_block(release)
+        uge = read_card(release).to_dict()  # summarised as JSON below
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(release / "generator.safetensors", args.out / "generator.safetensors")
         config = uge["config"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.errors import UgeError
 from uge_hf.specs import build_model, init_state_bytes
 
@@ -34,11 +34,11 @@ def test_load_authorized_is_the_declared_init(release):
     assert type(model).__name__ == "ResNet18" and model.training
     assert model.state_dict().keys() == expected.keys()
     assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
-    assert hashlib.sha256(init_state_bytes(model)).hexdigest() == read_uge_block(release)["authorized"][0]["init_sha256"]
+    assert hashlib.sha256(init_state_bytes(model)).hexdigest() == read_card(release).authorized[0].init_sha256
 
 
 def test_load_authorized_refuses_an_edited_hash(folder):
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     forged = ("f" if real[0] != "f" else "e") + real[1:]
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, forged))
@@ -54,7 +54,7 @@ def test_load_authorized_refuses_swapped_weights(folder):
 
 def test_load_authorized_refuses_weights_and_card_swapped_together(folder):
     other = init_state_bytes(build_model("resnet18-w4-seed7", 4))
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     (folder / "authorized" / f"{SPEC}.safetensors").write_bytes(other)
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, hashlib.sha256(other).hexdigest()))
@@ -115,7 +115,8 @@ def test_a_hub_id_is_fetched_as_a_dataset_snapshot(release, monkeypatch):
 
 def test_train_authorized_follows_the_card_and_reports_metrics(release):
     model, metrics = uge_hf.train_authorized(release, epochs=1, device="cpu")
-    assert isinstance(model, torch.nn.Module)
+    init = build_model(SPEC, 4).state_dict()
+    assert type(model) is type(build_model(SPEC, 4)) and model.state_dict().keys() == init.keys()  # the card's network
     assert metrics["spec"] == SPEC and metrics["epochs"] == 1
     assert metrics["train_split"] == "train" and metrics["train_rows"] == 32
     assert metrics["test_split"] == "test"

@@ -20,7 +20,8 @@ def test_gpu_benchmark_smoke_mode(tmp_path):
          "--source", str(ROOT / "examples" / "cifar10-sample"), "--work-dir", str(tmp_path / "work"),
          "--results-dir", str(tmp_path / "results")],
         capture_output=True, text=True, timeout=600, env={"UGE_HF_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1",
-                                                          "PATH": "/usr/bin:/bin"},
+                                                          "PATH": "/usr/bin:/bin",
+                                                          "PYTHONPATH": str(ROOT)},  # this checkout's uge_hf
     )
     assert done.returncode == 0, done.stderr[-3000:]
     payload = json.loads((tmp_path / "results" / "cifar10_gpu_smoke.json").read_text())

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from datasets import DatasetDict, load_dataset
+from datasets import load_dataset
 from typer.testing import CliRunner
 
 from uge_hf.cli import app
@@ -40,10 +40,29 @@ def test_protect_command_writes_a_release_and_prints_its_figures(dataset_folder,
     assert result.exit_code == 0, result.output
     assert f"release written to {output.resolve()}" in result.output
     assert f"init sha256 {init_sha256('resnet18-w4-seed0', 4)}" in result.output
+    assert "train: max |diff| / bound (levels)" in result.output and "/ 10" in result.output
     loaded = load_dataset(str(output))
     assert loaded["train"].num_rows == 24
     weights = (output / "authorized" / "resnet18-w4-seed0.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == init_sha256("resnet18-w4-seed0", 4)
+
+
+def test_protect_command_prints_from_the_result_not_from_the_folder(tiny_release, tmp_path, monkeypatch):
+    """The summary comes from protect()'s ProtectResult: nothing is read back from a README.md."""
+    import dataclasses
+
+    import uge_hf.pipeline
+    from uge_hf.card import read_card
+    from uge_hf.pipeline import ProtectResult
+
+    card = read_card(tiny_release)
+    card = dataclasses.replace(card, pixel_bound=77)  # a figure the folder's card does not hold
+    fake = ProtectResult(None, card, tmp_path / "nowhere", tmp_path / "nowhere.private")
+    monkeypatch.setattr(uge_hf.pipeline, "protect", lambda *args, **kwargs: fake)
+    result = runner.invoke(app, ["protect", str(tmp_path), "--output", str(tmp_path / "nowhere")])
+    assert result.exit_code == 0, result.output
+    assert f"release written to {tmp_path / 'nowhere'}" in result.output and "/ 77" in result.output
+    assert f"private key and authorized weights: {tmp_path / 'nowhere.private'}" in result.output
 
 
 @pytest.mark.parametrize(
@@ -98,7 +117,7 @@ def test_two_processes_with_torchrun(tmp_path):
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # One file per rank: the two processes' stdout can interleave ("rankrank 0 returned ...").
-    assert (tmp_path / "rank0.txt").read_text() == "DatasetDict" and (tmp_path / "rank1.txt").read_text() == "NoneType"
+    assert (tmp_path / "rank0.txt").read_text() == "ProtectResult" and (tmp_path / "rank1.txt").read_text() == "NoneType"
     assert load_dataset(str(tmp_path / "release"))["train"].num_rows == 32
 
 
@@ -129,3 +148,71 @@ def test_version_and_short_help():
     assert result.exit_code == 0 and result.output.strip() == f"uge-hf {__version__}"
     result = runner.invoke(app, ["protect", "-h"])
     assert result.exit_code == 0 and "--method" in result.output and "--key" in result.output
+
+
+def test_every_config_field_is_an_option_with_its_default_in_the_help():
+    import dataclasses
+
+    from uge_hf.cli import config_options
+    from uge_hf.config import ProtectConfig
+
+    options = {option.path: option for option in config_options(ProtectConfig)}
+    leaves = set()
+    for f in dataclasses.fields(ProtectConfig):
+        value = getattr(ProtectConfig(), f.name)
+        leaves |= {(f.name, g.name) for g in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {(f.name,)}
+    assert set(options) == leaves  # every field, nested ones included, and nothing else
+    result = runner.invoke(app, ["protect", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for option in options.values():
+        assert option.flags[0] in result.output and option.help.split()[0] in result.output, option.path
+    assert "[default: (keyed)]" in result.output and "gradient-matching|keyed" in result.output  # default, choices
+    assert "--recipe-lr" in result.output and "--keyed-tile" in result.output and "--trajectory-epochs" in result.output
+
+
+def test_options_reach_the_config_and_override_set_and_the_config_file(tmp_path, monkeypatch):
+    import json
+
+    import uge_hf.pipeline
+
+    seen = {}
+    monkeypatch.setattr(uge_hf.pipeline, "protect", lambda dataset, config, **kwargs: seen.update(config=config))  # None: nothing to print
+    (tmp_path / "c.json").write_text(json.dumps({"rho": 0.02, "seed": 5, "recipe": {"lr": 0.2, "epochs": 3}}))
+    result = runner.invoke(app, [
+        "protect", "data", "--config", str(tmp_path / "c.json"), "--set", "seed=6", "--set", "keyed.grain=2",
+        "--rho", "0.05", "--keyed-tile", "4", "--recipe-epochs", "2", "--keyed-signs", "fixed", "--no-keep-other-splits",
+        "--split", "train", "--split", "extra", "--key", "k.json", "--recipe-schedule", "constant",
+    ])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert (config.rho, config.seed, config.keep_other_splits, config.splits) == (0.05, 6, False, ["train", "extra"])
+    assert (config.recipe.lr, config.recipe.epochs, config.recipe.schedule) == (0.2, 2, "constant")
+    assert (config.keyed.tile, config.keyed.grain, config.keyed.signs, config.key_file) == (4, 2, "fixed", "k.json")
+    bad = runner.invoke(app, ["protect", "data", "--solver", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output and "generator" in bad.output  # choices checked by click
+
+
+def test_a_new_config_field_is_a_new_option_without_a_cli_edit():
+    import dataclasses
+
+    import typer
+
+    from uge_hf.cli import with_config_options
+    from uge_hf.config import ProtectConfig, knob
+
+    @dataclasses.dataclass
+    class Extended(ProtectConfig):
+        dither_levels: int = knob(3, "levels of a made-up dither")
+
+    got = {}
+    extended = typer.Typer()
+
+    @extended.command()
+    @with_config_options(Extended)
+    def run(dataset: str, **fields) -> None:
+        got.update(fields)
+
+    result = runner.invoke(extended, ["--help"], env={"COLUMNS": "250"})
+    assert "--dither-levels" in result.output and "levels of a made-up dither" in result.output
+    assert "[default: (3)]" in result.output
+    assert runner.invoke(extended, ["data", "--dither-levels", "5"]).exit_code == 0 and got["dither_levels"] == 5

@@ -1,11 +1,10 @@
-"""The demo (`uge_hf/demo.py`): its handlers as plain functions, and the page in a real (headless) Chromium."""
+"""The demo (`uge_hf/demo/`): its handlers as plain functions, and the page in a real (headless) Chromium."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +113,7 @@ def test_bad_inputs_give_a_message_not_a_crash(assets, tmp_path, make_input, rho
 
 
 def test_too_many_pixels_are_refused_before_decoding(assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(demo.protect_tab, "MAX_PIXELS", 100 * 100)
     with pytest.warns(UserWarning):
         outputs = demo.protect_handler(str(random_image(tmp_path / "big.png", 200, 120)), 0.04, SPACES)
     assert "200x120 (24,000 pixels): over the 10,000 pixels" in outputs[5]
@@ -295,7 +294,7 @@ def test_demo_command_without_a_generator_is_a_one_line_error(tmp_path):
 
 
 def test_keyed_protection_of_an_upload_stays_in_the_key_subspace(tmp_path):
-    from uge_hf.methods.keyed import load_secret_key
+    from uge_hf.key import load_secret_key
 
     upload = random_image(tmp_path / "up.png", 37, 45)
     result = demo.protect_image(upload, 0.04, demo.load_assets(SPACES), method="keyed", label="cat")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ from datasets import DatasetDict
 from huggingface_hub import DatasetCard
 from typer.testing import CliRunner
 
-import uge_hf
 from uge_hf import attacks
 from uge_hf import evaluate as ev
 from uge_hf.cli import app
@@ -20,18 +20,20 @@ from uge_hf.errors import UgeError
 from uge_hf.specs import build_model
 from uge_hf.training import accuracy
 
-from .conftest import TINY_OPTIONS, make_image_dataset
+from .conftest import make_image_dataset
 
 QUICK = dict(hackers=["lenet-w2-seed5", "resnet18-w4-seed1"], epochs=1)
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, tiny_release):
+    """root/clean: the shared tiny release's source as a plain parquet folder (as a user would have it);
+    root/release: a copy of the release (some tests write its card)."""
     root = tmp_path_factory.mktemp("eval")
     source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    for split in source:  # a plain parquet folder, as a user would have it
+    for split in source:
         source[split].to_parquet(str(root / "clean" / "data" / f"{split}-00000-of-00001.parquet"))
-    uge_hf.protect(source, output_dir=root / "release", **TINY_OPTIONS)
+    shutil.copytree(tiny_release, root / "release")
     return root
 
 
@@ -151,7 +153,7 @@ def _masked(tensors):
 def test_input_stages_run_before_augmentation_in_training_and_at_test_time(made, tmp_path, monkeypatch):
     config = ev.EvaluateConfig(hackers=["lenet-w2-seed5"], epochs=1)
     data = ev.load_evaluation_data(made / "release", str(made / "clean"), config)
-    authorized = data.authorized[0]["spec"]
+    authorized = data.authorized[0].spec
     assert data.recipe.augmentation == "crop+flip"
     calls = []
     original = ev.train_classifier

@@ -26,12 +26,12 @@ from huggingface_hub import constants
 from typer.testing import CliRunner
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.cli import app
 from uge_hf.errors import UgeError
 from uge_hf.hub import check_repo_id, release_files
 
-from .conftest import TINY_OPTIONS, make_image_dataset
+from .conftest import make_image_dataset
 
 WRITE, READ = "hf_write_token", "hf_read_token"
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
@@ -239,7 +239,7 @@ def test_push_is_one_commit_byte_equal_to_the_folder(hub, release):
     assert commit["added"] == local_bytes(release)  # every file, byte for byte, in ONE commit
     assert set(commit["added"]) >= {"README.md", "uge_config.json", "preview.png", "data/train-00000-of-00001.parquet",
                                     "authorized/resnet18-w4-seed0.safetensors", "authorized/resnet18-w4-seed0.json"}
-    assert card_yaml(commit["added"]["README.md"])["uge"] == read_uge_block(release)  # every uge: field intact
+    assert card_yaml(commit["added"]["README.md"])["uge"] == read_card(release).to_dict()  # every uge: field intact
     assert "resnet18-w4-seed0" in commit["header"]["summary"]
     assert hub.files("me/cifar-uge") == {".gitattributes": GITATTRIBUTES, **local_bytes(release)}
     assert hub.repos["me/cifar-uge"]["private"] is False
@@ -338,7 +338,7 @@ def test_token_from_hf_token_env(hub, release, monkeypatch):
 def test_a_release_that_fails_verification_is_not_pushed(hub, folder):
     card = folder / "README.md"
     text = card.read_text()
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     card.write_text(text.replace(real, "ab" * 32))
     with pytest.raises(UgeError, match="refusing to publish .*fails verification.*weights resnet18-w4-seed0"):
         uge_hf.push_release(folder, "me/cifar-uge", token=WRITE, endpoint=hub.endpoint)

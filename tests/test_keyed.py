@@ -14,7 +14,7 @@ from datasets import DatasetDict
 from typer.testing import CliRunner
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.cli import app
 from uge_hf.config import Recipe
 from uge_hf.layout import load_release
@@ -43,16 +43,16 @@ def test_key_material_goes_to_the_private_folder_only(keyed_release):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert not (keyed_release / "authorized").exists()
-    uge = read_uge_block(keyed_release)
-    assert uge["method"] == "keyed"
-    (net,) = uge["authorized"]
-    assert net["private"] is True and net["weights"] is None
+    card = read_card(keyed_release)
+    assert card.method == "keyed"
+    (net,) = card.authorized
+    assert net.private is True and net.weights is None and net.input_stage == "key"
     import hashlib
 
-    assert net["init_sha256"] == hashlib.sha256(weights_of(keyed_release).read_bytes()).hexdigest()
-    assert uge["results"]["invariance"]["images_over_tolerance"] == 0
-    assert uge["key"]["dimensions"] == 6 * 16  # groups x (16 / 4)^2 regions
-    assert uge["key"]["stage_is_public"] is False  # 6 groups of the 12 cells a 4-pixel tile of 2-pixel grain has
+    assert net.init_sha256 == hashlib.sha256(weights_of(keyed_release).read_bytes()).hexdigest()
+    assert card.results.method_results["invariance"]["images_over_tolerance"] == 0
+    assert card.method_fields["key"]["dimensions"] == 6 * 16  # groups x (16 / 4)^2 regions
+    assert card.method_fields["key"]["stage_is_public"] is False  # 6 groups of the 12 cells a 4-pixel tile of 2-pixel grain has
 
 
 def test_verify_checks_the_private_weights_against_the_card(keyed_release, tmp_path):
@@ -71,13 +71,13 @@ def test_authorized_user_needs_the_private_weights(keyed_release):
     with pytest.raises(UgeError, match="private"):
         uge_hf.load_authorized(keyed_release)
     model = uge_hf.load_authorized(keyed_release, weights=private_of(keyed_release))
-    assert isinstance(model.key_stage, torch.nn.Module)
+    assert (model.key_stage.tile, model.key_stage.groups) == (4, 6)  # the card's key settings
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(model.key_stage(x), uge_hf.load_key(weights_of(keyed_release))(x))
     assert torch.equal(model.key_stage(x), uge_hf.load_key(private_of(keyed_release) / "key.json")(x))
     assert model(x).shape == (2, len(CLASS_NAMES))
     trained, metrics = uge_hf.train_authorized(keyed_release, weights=weights_of(keyed_release), epochs=1)
-    assert metrics["method"] == "keyed" and metrics["test_accuracy"] is not None
+    assert metrics["method"] == "keyed" and metrics["test_split"] == "test" and 0 <= metrics["test_accuracy"] <= 1
     assert not torch.equal(trained.backbone.state_dict()["head.weight"], model.backbone.state_dict()["head.weight"])
 
 
@@ -105,8 +105,8 @@ def test_the_authorized_network_trains_bit_for_bit_as_on_clean_data(tmp_path):
 def test_a_key_file_protects_more_data_for_the_same_authorized_party(keyed_release, tmp_path):
     more = DatasetDict(train=make_image_dataset(16, seed=5))
     uge_hf.protect(more, output_dir=tmp_path / "more", key_file=str(private_of(keyed_release)), **KEYED_OPTIONS)
-    first, second = read_uge_block(keyed_release), read_uge_block(tmp_path / "more")
-    assert first["authorized"][0]["init_sha256"] == second["authorized"][0]["init_sha256"]
+    first, second = read_card(keyed_release), read_card(tmp_path / "more")
+    assert first.authorized[0].init_sha256 == second.authorized[0].init_sha256
     assert (private_of(tmp_path / "more") / "key.json").read_bytes() == (private_of(keyed_release) / "key.json").read_bytes()
     with pytest.raises(UgeError, match="tile 4 / groups 6 / grain 2"):
         uge_hf.protect(more, output_dir=tmp_path / "other", key_file=str(private_of(keyed_release)),
@@ -144,7 +144,9 @@ def test_cli_protect_keyed_and_verify_private_weights(tmp_path):
     result = runner.invoke(app, ["verify", str(out), "--authorized-weights", str(private_of(out))])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["protect", str(source), "--method", "nope", "--output", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "unknown method 'nope'" in result.output
+    # a value outside the field's choices is a usage error of the generated option (click's exit code 2), naming them
+    assert result.exit_code == 2 and "nope" in result.output and "gradient-matching" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_evaluate_a_keyed_release_with_its_private_weights(keyed_release, tmp_path):
@@ -192,7 +194,7 @@ def test_key_material_is_found_whatever_its_file_name(keyed_release, tmp_path):
 def test_amplitude_is_recorded_as_applied(tmp_path):
     more = DatasetDict(train=make_image_dataset(16, seed=5))
     uge_hf.protect(more, output_dir=tmp_path / "a", **{**KEYED_OPTIONS, "keyed": {**KEYED_OPTIONS["keyed"], "amplitude": 50}})
-    assert read_uge_block(tmp_path / "a")["key"]["amplitude_levels"] == 10
+    assert read_card(tmp_path / "a").method_fields["key"]["amplitude_levels"] == 10
     with pytest.raises(UgeError, match="keyed.amplitude must be in 1..255"):
         uge_hf.protect(more, output_dir=tmp_path / "b", **{**KEYED_OPTIONS, "keyed": {**KEYED_OPTIONS["keyed"], "amplitude": 0}})
 
@@ -207,5 +209,5 @@ def test_a_pull_beyond_the_bound_is_refused_before_any_work():
 def test_the_card_says_when_the_default_key_stage_is_public(tmp_path):
     """Default settings: 12 groups for the 12 cells of a region, so K subtracts cell means whatever the key."""
     uge_hf.protect(DatasetDict(train=make_image_dataset(16, seed=5)), output_dir=tmp_path / "d", recipe={"epochs": 1})
-    assert read_uge_block(tmp_path / "d")["key"]["stage_is_public"] is True
+    assert read_card(tmp_path / "d").method_fields["key"]["stage_is_public"] is True
     assert "At these settings the key stage is not secret" in (tmp_path / "d" / "README.md").read_text()

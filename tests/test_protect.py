@@ -12,6 +12,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 import uge_hf
+from uge_hf.card import read_card
 from uge_hf import apply, solver
 from uge_hf.errors import UgeError
 from uge_hf.layout import load_release
@@ -44,7 +45,11 @@ def test_release_loads_with_same_rows_labels_and_columns(release):
         assert loaded[split]["category"] == source[split]["category"]
         assert loaded[split]["caption"] == source[split]["caption"]
         assert loaded[split].features["category"].names == source[split].features["category"].names
-    assert returned["train"]["category"] == source["train"]["category"]
+    assert returned.dataset["train"]["category"] == source["train"]["category"]
+    assert returned.release_dir == output.resolve() and returned.private_dir is None  # public weights: nothing private
+    assert returned.card == read_card(output)  # the block as written, typed
+    with pytest.warns(DeprecationWarning, match=r"result\.dataset\[split\]"):
+        assert returned["test"]["caption"] == source["test"]["caption"]  # the pre-0.2 return value, still readable
 
 
 def test_every_protected_pixel_within_bound_and_test_split_unchanged(release):
@@ -100,7 +105,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(release, tmp_path, 
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(solver, "uge_loss", crash_after_five_steps)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
     assert not output.exists()  # nothing half-released
     work = tmp_path / "resumed.uge-work"
@@ -217,7 +222,7 @@ def test_replay_solver_reruns_the_recipe_exactly_and_resumes(tiny_dataset, tmp_p
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(solver, "uge_loss", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         solver.refine_along_replay(Accelerator(), ctx, data.images, data.labels, tmp_path / "killed")
     assert len(torch.load(tmp_path / "killed" / "replay.pt", weights_only=True)["epoch_logs"]) == 1
     monkeypatch.setattr(solver, "uge_loss", real_loss)

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import uge_hf
-from uge_hf.card import read_uge_block
+from uge_hf.card import read_card
 from uge_hf.cli import app
 from uge_hf.errors import UgeError
 from uge_hf.specs import build_model, init_state_bytes
@@ -29,11 +29,9 @@ TRAIN = "data/train-00000-of-00001.parquet"
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> tuple[DatasetDict, Path]:
-    source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
-    output = tmp_path_factory.mktemp("verify") / "cifar-uge"
-    uge_hf.protect(source, output_dir=output, **TINY_OPTIONS)
-    return source, output
+def made(tiny_release) -> tuple[DatasetDict, Path]:
+    """The shared tiny release and the source it was made from (conftest's standard tiny source)."""
+    return DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1)), tiny_release
 
 
 @pytest.fixture
@@ -90,7 +88,7 @@ def test_the_folder_is_a_plain_hf_dataset(made):
 
 
 def test_a_pixel_beyond_the_bound_fails_with_original(folder, source):
-    bound = read_uge_block(folder)["pixel_bound"]
+    bound = read_card(folder).pixel_bound
     assert not failures(uge_hf.verify_release(folder, original=source))  # passes first: then the same folder, tampered
     edit_rows(folder / TRAIN, lambda rows: shift_pixel(rows, 5, 3 * bound))
     failed = failures(uge_hf.verify_release(folder, original=source))
@@ -113,7 +111,7 @@ def test_swapped_weights_file_fails(folder):
 
 
 def test_edited_hash_in_the_card_fails(folder):
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     forged = ("0" if real[0] != "0" else "1") + real[1:]
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, forged))
@@ -124,7 +122,7 @@ def test_edited_hash_in_the_card_fails(folder):
 def test_weights_and_card_swapped_together_still_fail(folder):
     """An attacker who swaps the file AND updates the card is caught by the spec rebuilt locally."""
     other = init_state_bytes(build_model("resnet18-w4-seed1", 4))
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     (folder / "authorized" / f"{SPEC}.safetensors").write_bytes(other)
     card = folder / "README.md"
     card.write_text(card.read_text().replace(real, hashlib.sha256(other).hexdigest()))
@@ -134,7 +132,7 @@ def test_weights_and_card_swapped_together_still_fail(folder):
 
 def test_edited_hash_in_the_sidecar_json_fails(folder):
     sidecar = folder / "authorized" / f"{SPEC}.json"
-    real = read_uge_block(folder)["authorized"][0]["init_sha256"]
+    real = read_card(folder).authorized[0].init_sha256
     sidecar.write_text(sidecar.read_text().replace(real, "ab" * 32))
     detail = failures(uge_hf.verify_release(folder))[f"weights {SPEC}"]
     assert detail == f"authorized/{SPEC}.json declares init_sha256 {'ab' * 32}, the card {real}"

@@ -10,6 +10,7 @@ from .version import __version__
 
 _EXPORTS = {
     "protect": "pipeline",
+    "ProtectResult": "pipeline",
     "ProtectConfig": "config",
     "Recipe": "config",
     "UgeError": "errors",
@@ -18,7 +19,7 @@ _EXPORTS = {
     "init_sha256": "specs",
     # Hub release (#4)
     "load_authorized": "authorized",
-    "train_authorized": "authorized",
+    "train_authorized": "authorized_training",
     "load_key": "authorized",
     "verify_release": "verify",
     "push_release": "hub",
@@ -30,9 +31,10 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from .config import ProtectConfig, Recipe
     from .errors import UgeError
-    from .pipeline import protect
+    from .pipeline import ProtectResult, protect
     from .specs import ModelSpec, build_model, init_sha256
-    from .authorized import load_authorized, load_key, train_authorized  # Hub release (#4)
+    from .authorized import load_authorized, load_key  # Hub release (#4)
+    from .authorized_training import train_authorized
     from .hub import push_release
     from .unlocking import unlock
     from .verify import verify_release

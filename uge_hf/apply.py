@@ -8,8 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UgeError
-from .solver import perturb
-from .training import to_unit
+from .inputs import to_unit
+
+
+def perturb(generator: nn.Module, x: Tensor, rho: float) -> Tensor:
+    """x_u = clamp(x + G(x), x - rho, x + rho) within [0, 1] (Eq. 3, with G predicting the residual).
+
+    `x`: float [0, 1] images (N, 3, H, W); the result has the same shape. The solver trains G through it.
+    """
+    delta = generator(x).clamp(-rho, rho)
+    return (x + delta).clamp(0, 1)
 
 
 def quantize_within_bound(source: Tensor, protected: Tensor, pixel_bound: int) -> Tensor:

@@ -2,25 +2,28 @@
 
     model = uge_hf.load_authorized("me/cifar10-uge")                                   # public weights (paper's method)
     model = uge_hf.load_authorized("me/cifar10-uge", weights="cifar10-uge.private")    # keyed: weights from the publisher
-    model, metrics = uge_hf.train_authorized("me/cifar10-uge", weights="model.safetensors")
     key_stage = uge_hf.load_key("model.safetensors")                                   # for your own training loop
 
-The weights check lives here once (`weight_problems`): `verify`, `evaluate` and the demo call it.
+The weights check lives here once (`weight_problems`): `verify`, `evaluate` and the demo call it. Training the
+authorized network as the card prescribes is `uge_hf.train_authorized` (`authorized_training`): this module is
+read by the release checks and does not import the trainer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import UgeError
 
-TEST_SPLITS = ("test", "validation")  # a held-out split the metrics report, in this order of preference
+if TYPE_CHECKING:
+    from .card import AuthorizedEntry
+
 KEY_STAGE_PREFIX = "key_stage."
 BACKBONE_PREFIX = "backbone."
 
@@ -39,7 +42,7 @@ class KeyedNetwork(nn.Module):
         self.backbone = backbone
 
     def forward(self, images):
-        from .training import normalize
+        from .inputs import normalize
 
         return self.backbone(normalize(self.key_stage(images)))
 
@@ -57,7 +60,11 @@ def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: st
     from .fetch import fetch_release
 
     folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
-    net = authorized_entry(folder, index)
+    return checked_network(folder, authorized_entry(folder, index), weights)
+
+
+def checked_network(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None) -> nn.Module:
+    """`net`'s network from its weights (the release's, or `weights`), after `weight_problems` found none."""
     content = read_weights(folder, net, weights)
     problems = weight_problems(net, content)
     if problems:
@@ -84,113 +91,20 @@ def load_key(path: str | os.PathLike) -> nn.Module:
         except (FileNotFoundError, SafetensorError, OSError) as e:
             raise UgeError(f"cannot read the weights file {path}: {e}") from None
         return _key_stage(tensors, path)
-    from .methods.keyed import load_secret_key
+    from .key import load_secret_key
 
     stage: KeyStage = load_secret_key(path).stage()
     return stage
 
 
-def train_authorized(
-    repo_or_dir: str | os.PathLike,
-    index: int = 0,
-    epochs: int | None = None,
-    device: str | torch.device | None = None,
-    *,
-    revision: str | None = None,
-    split: str | None = None,
-    weights: str | os.PathLike | None = None,
-    key: str | os.PathLike | None = None,
-    **recipe_overrides,
-) -> tuple[nn.Module, dict]:
-    """Train the authorized network `index` on the release as its card prescribes; return (model, metrics).
+def authorized_entry(folder: Path, index: int) -> AuthorizedEntry:
+    """The card's `uge.authorized[index]` (the card checked by `read_card`); UgeError naming the declared ones."""
+    from .card import read_card
 
-    Starts from `load_authorized` (hash-verified; `weights` as there) and trains on the release's protected split
-    (the card's first `protected_splits`, or `split`) with the card's recipe (`epochs` and `recipe_overrides`, e.g.
-    `batch_size=64`, replace its fields; the paper's method was fitted to the card's recipe, so changes are at the
-    user's risk). A keyed network's key stage is applied before augmentation. A lock release is unlocked with `key`
-    (its key.json or private folder) first, so the network trains on the exact source images. The metrics hold the accuracy on the
-    training split and, when the release has a `test` or `validation` split, on it. `device`: default CUDA when
-    available, else CPU. Returns the model `load_authorized` returns, trained.
-    """
-    from .card import read_uge_block
-    from .config import Recipe
-    from .data import resolve_columns, to_tensors
-    from .fetch import fetch_release
-    from .progress import is_main_process
-    from .layout import load_release, release_data_files
-    from .training import accuracy, train_classifier
-
-    folder = fetch_release(repo_or_dir, revision)
-    net = authorized_entry(folder, index)
-    model = load_authorized(folder, index, weights=weights)
-    backbone, stage = (model.backbone, model.key_stage) if isinstance(model, KeyedNetwork) else (model, None)
-    uge = read_uge_block(folder)
-    recipe = Recipe(**uge["recipe"])
-    if epochs is not None:
-        recipe_overrides["epochs"] = epochs
-    unknown = sorted(set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)})
-    if unknown:
-        raise UgeError(f"unknown recipe fields {', '.join(unknown)}; the recipe has {', '.join(f.name for f in dataclasses.fields(Recipe))}")
-    recipe = dataclasses.replace(recipe, **recipe_overrides)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    train_split = split or uge["protected_splits"][0]
-    available = release_data_files(folder)
-    test_split = next((s for s in TEST_SPLITS if s != train_split and s in available), None)
-    wanted = [train_split] + ([test_split] if test_split else [])
-    if uge["method"] == "lock":
-        if key is None:
-            raise UgeError("a lock release is learnt from once unlocked: pass key=PATH (the publisher's key.json or private folder)")
-        from datasets import DatasetDict
-
-        from .unlocking import unlock
-
-        unlocked = unlock(folder, key)
-        splits = DatasetDict({name: unlocked[name] for name in wanted})
-    else:
-        splits = load_release(folder, wanted)
-    image_column, label_column = resolve_columns(splits[train_split], uge["columns"]["image"], uge["columns"]["label"])
-    size = tuple(uge["input"]["image_size"])
-    data = {
-        name: to_tensors(ds, image_column, label_column, size, uge["class_names"], progress=is_main_process())
-        for name, ds in splits.items()
-    }
-    train = data[train_split]
-    train_classifier(backbone, train.images, train.labels, recipe, device, description=f"training {net['spec']}",
-                     input_stage=stage)
-    metrics = {
-        "spec": net["spec"],
-        "method": uge["method"],
-        "train_split": train_split,
-        "train_rows": len(train.labels),
-        "epochs": recipe.epochs,
-        "train_accuracy": round(accuracy(backbone, train.images, train.labels, device, input_stage=stage), 4),
-        "test_split": test_split,
-        "test_accuracy": None,
-    }
-    if test_split:
-        test = data[test_split]
-        metrics["test_accuracy"] = round(accuracy(backbone, test.images, test.labels, device, input_stage=stage), 4)
-    return model.cpu(), metrics
+    return read_card(folder).authorized_entry(index)
 
 
-def authorized_entry(folder: Path, index: int) -> dict:
-    """The card's `uge.authorized[index]`, its fields checked."""
-    from .card import read_uge_block
-
-    uge = read_uge_block(folder)
-    nets = uge.get("authorized") or []
-    if not isinstance(index, int) or not 0 <= index < len(nets):
-        listed = ", ".join(f"{i}: {n.get('spec')}" for i, n in enumerate(nets)) or "none"
-        raise UgeError(f"no authorized network {index} in {folder}/README.md (it declares {listed})")
-    net = nets[index]
-    missing = [key for key in ("spec", "num_classes", "init_sha256") if key not in net]
-    if missing:
-        raise UgeError(f"uge.authorized[{index}] of {folder}/README.md lacks {', '.join(missing)}")
-    return net
-
-
-def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = None) -> bytes:
+def read_weights(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None = None) -> bytes:
     """The bytes of `net`'s initial weights: from `weights` (a file, a private folder, or a keyed release's key.json)
     if given, else the release.
 
@@ -201,30 +115,30 @@ def read_weights(folder: Path, net: dict, weights: str | os.PathLike | None = No
     if weights is not None:
         path = Path(weights)
         if path.is_dir():
-            path = path / "authorized" / net["spec"] / "model.safetensors"
-        if path.suffix == ".json" and net.get("input_stage") == "key" and path.is_file():
+            path = path / "authorized" / net.spec / "model.safetensors"
+        if path.suffix == ".json" and net.input_stage == "key" and path.is_file():
             # a key file authorizes too: the backbone's init is public (its spec), the key stage comes from the key
-            from .methods.keyed import authorized_weights, load_secret_key
+            from .key import load_secret_key
 
-            return authorized_weights(net["spec"], load_secret_key(path, net["num_classes"]).stage(), net["num_classes"])
-    elif net.get("weights"):
-        path = release_path(folder, net["weights"])
-    elif net.get("input_stage") == "unlock":  # a lock release: the key authorizes, the network's init is public
+            return authorized_weights(net.spec, load_secret_key(path, net.num_classes).stage(), net.num_classes)
+    elif net.weights:
+        path = release_path(folder, net.weights)
+    elif net.input_stage == "unlock":  # a lock release: the key authorizes, the network's init is public
         from .specs import build_model, init_state_bytes
 
-        return init_state_bytes(build_model(net["spec"], net["num_classes"]))
+        return init_state_bytes(build_model(net.spec, net.num_classes))
     else:
         raise UgeError(
-            f"the authorized weights of {net['spec']} are private (not in the release): pass weights=PATH"
+            f"the authorized weights of {net.spec} are private (not in the release): pass weights=PATH"
             " (`--authorized-weights PATH`), the model.safetensors or private folder the publisher gave you"
         )
     if not path.is_file():
-        where = f"no weights file at {path}" if weights is not None else f"the release has no {net['weights']}"
-        raise UgeError(f"{where} (the initial weights of {net['spec']})")
+        where = f"no weights file at {path}" if weights is not None else f"the release has no {net.weights}"
+        raise UgeError(f"{where} (the initial weights of {net.spec})")
     return path.read_bytes()
 
 
-def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[str]:
+def weight_problems(net: AuthorizedEntry, content: bytes, name: str | None = None) -> list[str]:
     """Why `content` (the file `name`) is not `net`'s declared initial weights ([] when it is).
 
     Checks sha256(content) == the card's `init_sha256`, and that the backbone equals the spec rebuilt on this
@@ -236,47 +150,58 @@ def weight_problems(net: dict, content: bytes, name: str | None = None) -> list[
     from .specs import build_model, init_sha256
 
     problems = []
-    name = name or net.get("weights") or f"the weights of {net['spec']}"
+    name = name or net.weights or f"the weights of {net.spec}"
     actual = hashlib.sha256(content).hexdigest()
-    if actual != net["init_sha256"]:
-        problems.append(f"{name} has sha256 {actual} but the card declares {net['init_sha256']}")
+    if actual != net.init_sha256:
+        problems.append(f"{name} has sha256 {actual} but the card declares {net.init_sha256}")
     try:
-        if net.get("input_stage") == "key":
+        if net.input_stage == "key":
             tensors = load(content)
             backbone = {k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
-            rebuilt = build_model(net["spec"], net["num_classes"]).state_dict()
+            rebuilt = build_model(net.spec, net.num_classes).state_dict()
             if backbone.keys() != rebuilt.keys() or not all(torch.equal(backbone[k], rebuilt[k]) for k in rebuilt):
-                problems.append(f"the backbone in the weights is not {net['spec']} with {net['num_classes']} classes rebuilt here")
+                problems.append(f"the backbone in the weights is not {net.spec} with {net.num_classes} classes rebuilt here")
             if not any(k.startswith(KEY_STAGE_PREFIX) for k in tensors):
                 problems.append("the weights hold no key stage")
-        elif net.get("seed") is None:  # a secret init: the weights must fit the spec's architecture, exactly
+        elif net.seed is None:  # a secret init: the weights must fit the spec's architecture, exactly
             tensors = load(content)
-            expected = build_model(net["spec"], net["num_classes"]).state_dict()
+            expected = build_model(net.spec, net.num_classes).state_dict()
             if tensors.keys() != expected.keys() or any(tensors[k].shape != expected[k].shape for k in expected):
-                problems.append(f"{name} does not hold a {net['arch']} of width {net['width']} with {net['num_classes']} classes")
+                problems.append(f"{name} does not hold a {net.arch} of width {net.width} with {net.num_classes} classes")
         else:
-            rebuilt = init_sha256(net["spec"], net["num_classes"])
-            if net["init_sha256"] != rebuilt:
-                problems.append(f"the card's init_sha256 {net['init_sha256']} is not that of {net['spec']} with"
-                                f" {net['num_classes']} classes rebuilt here ({rebuilt})")
+            rebuilt = init_sha256(net.spec, net.num_classes)
+            if net.init_sha256 != rebuilt:
+                problems.append(f"the card's init_sha256 {net.init_sha256} is not that of {net.spec} with"
+                                f" {net.num_classes} classes rebuilt here ({rebuilt})")
     except Exception as e:  # untrusted bytes: whatever safetensors or torch raise is a problem to report, not a crash
-        problems.append(f"{name} cannot be read as the weights of {net['spec']}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        problems.append(f"{name} cannot be read as the weights of {net.spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return problems
 
 
-def build_authorized(net: dict, content: bytes) -> nn.Module:
+def authorized_weights(spec: str, stage: nn.Module, num_classes: int) -> bytes:
+    """A keyed authorized network's initial weights as one safetensors file: `key_stage.*` buffers (the key stage
+    `stage`) + `backbone.*` (the spec's seeded init). Its sha256 is the card's `init_sha256`."""
+    from safetensors.torch import save
+
+    from .files import weights_tensors
+    from .specs import build_model
+
+    return save({**weights_tensors(stage, KEY_STAGE_PREFIX), **weights_tensors(build_model(spec, num_classes), BACKBONE_PREFIX)})
+
+
+def build_authorized(net: AuthorizedEntry, content: bytes) -> nn.Module:
     """The network of (checked) weights `content`: the backbone, or a `KeyedNetwork` for a keyed entry."""
     from safetensors.torch import load
 
     from .specs import build_model
 
     tensors = load(content)
-    model = build_model(net["spec"], net["num_classes"])
-    if net.get("input_stage") != "key":
+    model = build_model(net.spec, net.num_classes)
+    if net.input_stage != "key":
         model.load_state_dict(tensors, strict=True)
         return model.train()
     model.load_state_dict({k.removeprefix(BACKBONE_PREFIX): v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)})
-    return KeyedNetwork(_key_stage(tensors, net["spec"]), model.train())
+    return KeyedNetwork(_key_stage(tensors, net.spec), model.train())
 
 
 def _key_stage(tensors: dict, source) -> nn.Module:

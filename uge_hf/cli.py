@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
+import inspect
 import json
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from .errors import UgeError
+
+if TYPE_CHECKING:
+    from .pipeline import ProtectResult
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Ungeneralizable examples for Hugging Face datasets.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +53,12 @@ def _user_errors(command):
     return wrapper
 
 
+def _protect_config() -> type:
+    from .config import ProtectConfig  # light: the config module imports no heavy library
+
+    return ProtectConfig
+
+
 def _parse_settings(settings: list[str]) -> dict:
     """`--set key=value` pairs (value as JSON when it parses, else a string); `recipe.x=1` sets a recipe field."""
     values: dict = {}
@@ -64,34 +78,116 @@ def _parse_settings(settings: list[str]) -> dict:
     return values
 
 
+# --- the protect command's config options, generated from ProtectConfig's fields --------------------------------
+
+_PANELS = {(): "Protection config (ProtectConfig)", ("recipe",): "Authorized recipe (recipe.*)",
+           ("keyed",): "Keyed method (keyed.*)"}
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One command-line option for one (possibly nested) config field, e.g. `recipe.lr` -> `--recipe-lr`."""
+
+    path: tuple[str, ...]  # field names from the config down to the leaf: ("recipe", "lr")
+    param: str  # the Python parameter typer passes it as: "recipe_lr"
+    flags: tuple[str, ...]  # "--recipe-lr" (and names kept for compatibility, e.g. "--trajectory-epochs")
+    kind: type  # int, float, str or bool
+    multiple: bool  # a list field: the option is repeated
+    default: Any  # the field's default (shown in --help; the option itself defaults to "not given")
+    help: str
+    choices: tuple[str, ...] | None
+    panel: str  # the --help section
+
+    def parameter(self) -> inspect.Parameter:
+        """The typer parameter: default None, so that an option not given leaves --config / --set in force.
+
+        A field with choices becomes an Enum of them (typer shows and checks them as a click.Choice).
+        """
+        flags = self.flags if self.kind is not bool else (f"{self.flags[0]}/--no-{self.flags[0][2:]}", *self.flags[1:])
+        shown = ", ".join(map(str, self.default)) if self.multiple else str(self.default)
+        info = typer.Option(*flags, help=self.help, show_default=shown, rich_help_panel=self.panel)
+        kind = enum.Enum(self.param, {value: value for value in self.choices}, type=str) if self.choices else self.kind
+        kind = list[kind] if self.multiple else kind
+        return inspect.Parameter(self.param, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                 annotation=Annotated[Optional[kind], info])
+
+
+def config_options(cls: type, prefix: tuple[str, ...] = ()) -> list[ConfigOption]:
+    """An option per leaf field of the config dataclass `cls`, nested settings (`recipe`, `keyed`) flattened.
+
+    Type, default, help and choices come from the field (`config.knob` metadata), so a new field is a new option.
+    """
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        hint, path = hints[f.name], (*prefix, f.name)
+        if dataclasses.is_dataclass(hint):
+            options += config_options(hint, path)
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        multiple = typing.get_origin(hint) is list
+        kind = args[0] if (multiple or args) else hint
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flags = f.metadata.get("flags") or ("--" + "-".join(path).replace("_", "-"),)
+        options.append(ConfigOption(path, "_".join(path), tuple(flags), kind, multiple, default,
+                                    f.metadata.get("help", ""), f.metadata.get("choices"), _PANELS.get(prefix, "Settings")))
+    return options
+
+
+def with_config_options(cls: type):
+    """Give the decorated command (whose last parameter is `**fields`) an option per field of `cls`, after its
+    arguments; `fields` then holds them by `ConfigOption.param` (None where not given)."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        arguments = [p for p in own if p.default is inspect.Parameter.empty]
+        generated = [option.parameter() for option in config_options(cls)]
+        parameters = [*arguments, *generated, *(p for p in own if p not in arguments)]
+        command.__signature__ = signature.replace(parameters=parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        command.config_options = config_options(cls)
+        return command
+
+    return decorate
+
+
+def _set_options(values: dict, options: list[ConfigOption], given: dict) -> None:
+    """Write the options the user gave into the config mapping `values` (nested fields into their settings)."""
+    for option in options:
+        value = given.get(option.param)
+        if value is None or (option.multiple and not value):
+            continue
+        target = values
+        for name in option.path[:-1]:
+            target = target.setdefault(name, {})
+        plain = [v.value if isinstance(v, enum.Enum) else v for v in (value if option.multiple else [value])]
+        target[option.path[-1]] = plain if option.multiple else plain[0]
+
+
+def _release_panel(text: str, *flags: str):
+    return typer.Option(*flags, help=text, rich_help_panel="Release")
+
+
 @app.command()
+@with_config_options(_protect_config())
 @_user_errors
 def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
-    method: Annotated[Optional[str], typer.Option(help="keyed (a secret key stage removes the perturbation for the authorized network), lock (the key holder recovers the exact images) or gradient-matching (the paper's UGE)  [default: keyed]")] = None,
-    key: Annotated[Optional[Path], typer.Option(help="keyed, lock: reuse this key (an OUTPUT.private folder or its key.json) instead of drawing one")] = None,
-    publish_authorized: Annotated[bool, typer.Option(help="gradient-matching: publish the authorized init weights in the release (reproduction studies) instead of a secret init in OUTPUT.private/")] = False,
-    authorized: Annotated[Optional[list[str]], typer.Option(help="Authorized network ARCH[-wWIDTH]-seedN; repeat for several")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="CLIP Hub id or local path, or 'surrogate'")] = None,
-    rho: Annotated[Optional[float], typer.Option(help="L-inf bound on [0, 1] pixels")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the generator and its sampling")] = None,
-    trajectory_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the authorized recipe (trajectory)")] = None,
-    generator_epochs: Annotated[Optional[int], typer.Option(help="Epochs of generator training")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Per-process batch of generator training")] = None,
-    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) to protect; G is trained on the first")] = None,
-    image_column: Annotated[Optional[str], typer.Option(help="Image column (default: detected)")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Label column (default: detected)")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square training resolution (default: most common size)")] = None,
-    mixed_precision: Annotated[Optional[str], typer.Option(help="no, fp16 or bf16")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Release folder (default: ./NAME-uge)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="A ProtectConfig JSON (e.g. a release's uge_config.json)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set lambda_fd=2 --set recipe.lr=0.1")] = None,
-    push: Annotated[Optional[str], typer.Option(help="Hub dataset repo OWNER/NAME to publish the release to (one commit)")] = None,
-    private: Annotated[bool, typer.Option(help="With --push: create the repo private")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="With --push: the branch to commit to (created if missing)")] = None,
+    output: Annotated[Optional[Path], _release_panel("Release folder (default: ./NAME-uge)")] = None,
+    overwrite: Annotated[bool, _release_panel("Replace a non-empty output folder")] = False,
+    config: Annotated[Optional[Path], _release_panel("A ProtectConfig JSON (e.g. a release's uge_config.json)")] = None,
+    set_: Annotated[Optional[list[str]], _release_panel("Any config field as KEY=VALUE (JSON values): --set lambda_fd=2"
+                                                        " --set recipe.lr=0.1", "--set")] = None,
+    push: Annotated[Optional[str], _release_panel("Hub dataset repo OWNER/NAME to publish the release to (one commit)")] = None,
+    private: Annotated[bool, _release_panel("With --push: create the repo private")] = False,
+    revision: Annotated[Optional[str], _release_panel("With --push: the branch to commit to (created if missing)")] = None,
+    **fields,
 ) -> None:
-    """Protect DATASET so that only the authorized network(s) learn well from it; write a release folder."""
+    """Protect DATASET so that only the authorized network(s) learn well from it; write a release folder.
+
+    Precedence, lowest first: the config's defaults, --config, --set, the options.
+    """
     from .config import ProtectConfig
     from .pipeline import protect as run_protect
 
@@ -110,23 +206,17 @@ def protect(
     if config is not None:
         if not config.is_file():
             raise UgeError(f"no config file at {config}")
-        values.update(json.loads(config.read_text()))
+        try:
+            values.update(json.loads(config.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+            raise UgeError(f"the config file {config} is not a JSON mapping of ProtectConfig fields ({e})") from None
     for name, value in _parse_settings(set_ or []).items():  # nested settings (recipe.lr, keyed.tile) merge
         values[name] = {**values[name], **value} if isinstance(values.get(name), dict) and isinstance(value, dict) else value
-    options = {
-        "method": method, "key_file": str(key) if key is not None else None,
-        "publish_authorized": publish_authorized or None,
-        "authorized": authorized, "encoder": encoder, "rho": rho, "seed": seed, "generator_epochs": generator_epochs,
-        "batch_size": batch_size, "splits": split, "image_column": image_column, "label_column": label_column,
-        "image_size": image_size, "mixed_precision": mixed_precision,
-    }
-    values.update({name: value for name, value in options.items() if value not in (None, [])})
-    if trajectory_epochs is not None:
-        values["recipe"] = {**values["recipe"], "epochs": trajectory_epochs}
+    _set_options(values, protect.config_options, fields)
     output = output or Path(f"{Path(dataset).name}-uge")
-    run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
-    if _is_main_process():
-        _print_summary(output)
+    result = run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
+    if result is not None:  # the main process (the others of a multi-process run get None)
+        _print_summary(result)
         if push is not None:  # Hub release (#4)
             try:
                 _push_and_report(output, push, private=private or None, revision=revision)
@@ -135,51 +225,43 @@ def protect(
                                f"`uge-hf push {output} {push}{f' --revision {revision}' if revision else ''}`]") from None
 
 
-def _is_main_process() -> bool:
-    from .progress import is_main_process
-
-    return is_main_process()
-
-
-def _print_summary(release: Path) -> None:
+def _print_summary(result: ProtectResult) -> None:
+    """What `protect` wrote and measured (its result: the card's block and the folders), on stdout."""
     from rich.console import Console
     from rich.table import Table
 
-    from .card import read_uge_block
-
-    from .private import private_dir_for
-
-    uge = read_uge_block(release)
-    results = uge["results"]
+    card = result.card
+    results = card.results
+    extra = results.method_results if results is not None else {}
     console = Console(soft_wrap=True)  # paths and hashes are copied from here: never wrap them
-    console.print(f"release written to {release.resolve()} (method {uge['method']})")
-    for net in uge["authorized"]:
-        console.print(f"authorized {net['spec']}: init sha256 {net['init_sha256']}")
-    if any(net.get("private") for net in uge["authorized"]) or "lock" in uge:
-        console.print(f"[bold]private[/bold] key and authorized weights: {private_dir_for(release.resolve())}"
+    console.print(f"release written to {result.release_dir} (method {card.method})")
+    for net in card.authorized:
+        console.print(f"authorized {net.spec}: init sha256 {net.init_sha256}")
+    if result.private_dir is not None:
+        console.print(f"[bold]private[/bold] key and authorized weights: {result.private_dir}"
                       " (keep it; never publish it)")
     table = Table(title="measured on the release")
     table.add_column("figure")
     table.add_column("value")
-    for split, stats in results["perturbation"].items():
-        table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats['linf_levels']:.0f} / {uge['pixel_bound']}")
-        table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats['mean_abs_levels']}, {stats['psnr_db']} dB")
-    if "invariance" in results:
-        inv = results["invariance"]
+    for split, stats in (results.perturbation if results is not None else {}).items():
+        table.add_row(f"{split}: max |diff| / bound (levels)", f"{stats.linf_levels:.0f} / {card.pixel_bound}")
+        table.add_row(f"{split}: mean |diff| (levels), PSNR", f"{stats.mean_abs_levels}, {stats.psnr_db} dB")
+    if "invariance" in extra:
+        inv = extra["invariance"]
         table.add_row("invariance K(x_u) = K(T(x)): images over tolerance", f"{inv['images_over_tolerance']} of {inv['images_checked']}")
-        table.add_row("mean signal (levels)", str(results["mean_signal_levels"]))
-    if "unlock" in results:
-        unlock = results["unlock"]
+        table.add_row("mean signal (levels)", str(extra["mean_signal_levels"]))
+    if "unlock" in extra:
+        unlock = extra["unlock"]
         table.add_row("rows that unlock to their source exactly", f"{unlock['rows_exact']} of {unlock['rows_checked']}")
         table.add_row("unlock data per row (bytes; x PNG size)", f"{unlock['bytes_per_row']} ({unlock['ratio_to_png']}x)")
-    for net in results.get("authorized", []):
+    for net in extra.get("authorized", []):
         table.add_row(f"{net['spec']} clean train / protected train acc",
                       f"{net['clean_train_accuracy']} / {net['protected_train_accuracy']}")
         if net["clean_test_accuracy"] is not None:
-            table.add_row(f"{net['spec']} clean test acc ({results['test_split']})", str(net["clean_test_accuracy"]))
-    if "feature_cosine" in results:
-        table.add_row("encoder feature cosine clean vs protected", str(results["feature_cosine"]))
-    for when, terms in results.get("losses", {}).items():
+            table.add_row(f"{net['spec']} clean test acc ({results.test_split})", str(net["clean_test_accuracy"]))
+    if "feature_cosine" in extra:
+        table.add_row("encoder feature cosine clean vs protected", str(extra["feature_cosine"]))
+    for when, terms in extra.get("losses", {}).items():
         table.add_row(f"losses, {when.replace('_', ' ')}", ", ".join(f"{k} {v}" for k, v in terms.items()))
     console.print(table)
 

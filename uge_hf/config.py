@@ -14,11 +14,26 @@ from dataclasses import dataclass, field
 from .errors import UgeError
 
 AUGMENTATIONS = ("crop+flip", "none")
+SCHEDULES = ("cosine", "constant")
+SIGNS = ("image", "random", "fixed")  # the keyed texture's signs (`uge_hf.key.SIGN_MODES` holds the same, for its own check)
 SOLVERS = ("generator", "per-sample", "hybrid", "replay")
 GENERATOR_FREE_SOLVERS = ("per-sample", "replay")  # solvers that optimise x_u directly and train no G
 MIXED_PRECISION = ("no", "fp16", "bf16")
 METHODS = ("gradient-matching", "keyed", "lock")  # uge_hf.methods holds one module each
 KEY_METHODS = ("keyed", "lock")  # methods whose authorization is a key file in the private folder
+# the lock method's poisons (`uge_hf.poisons` builds them; defined here so the CLI's choices need no torch)
+POISONS = ("texture", "blocks", "blocks-colour", "autoregressive", "texture+blocks")
+
+
+def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple[str, ...] | None = None,
+         flags: tuple[str, ...] = ()):
+    """A config field whose comment is its `help` (shown by `uge-hf protect --help`, which is generated from it).
+
+    `choices`: the values allowed (an option with a fixed set); `flags`: extra option names kept for the command line
+    (e.g. `--trajectory-epochs` for `recipe.epochs`), the first one replacing the generated `--field-name`.
+    """
+    metadata = {"help": help, "choices": choices, "flags": flags}
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
@@ -29,21 +44,22 @@ class Recipe:
     because L_gm matches gradients along the trajectory this recipe produces on the clean data.
     """
 
-    epochs: int = 30  # passes over the data; 30 brings CIFAR ResNet-18 close to convergence with this schedule
-    batch_size: int = 128  # samples per SGD step
-    lr: float = 0.05  # peak learning rate of SGD
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # L2 penalty, the CIFAR standard
-    schedule: str = "cosine"  # learning-rate schedule over all steps: "cosine" or "constant"
-    augmentation: str = "crop+flip"  # random crop (pad 1/8 of the side) + horizontal flip, or "none"
-    seed: int = 0  # data order and augmentation seed (the initialisation seed is in the model spec)
+    epochs: int = knob(30, "passes over the data; 30 brings CIFAR ResNet-18 close to convergence with this schedule",
+                       flags=("--recipe-epochs", "--trajectory-epochs"))
+    batch_size: int = knob(128, "samples per SGD step")
+    lr: float = knob(0.05, "peak learning rate of SGD")
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(5e-4, "L2 penalty, the CIFAR standard")
+    schedule: str = knob("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
+    augmentation: str = knob("crop+flip", "random crop (pad 1/8 of the side) + horizontal flip, or none", choices=AUGMENTATIONS)
+    seed: int = knob(0, "data order and augmentation seed (the initialisation seed is in the model spec)")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise UgeError("the recipe needs epochs >= 1 and batch_size >= 1")
         if not self.lr > 0:
             raise UgeError(f"the recipe's learning rate must be > 0, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
+        if self.schedule not in SCHEDULES:
             raise UgeError(f"unknown lr schedule {self.schedule!r}: use 'cosine' or 'constant'")
         if self.augmentation not in AUGMENTATIONS:
             raise UgeError(f"unknown augmentation {self.augmentation!r}: use one of {', '.join(AUGMENTATIONS)}")
@@ -78,20 +94,18 @@ class KeyedSettings:
     `benchmarks/results/keyed_sweep.md`).
     """
 
-    tile: int = 8  # side in pixels of the square regions S is tiled over (the texture's period)
-    groups: int = 12  # dimensions of S per region (its C x (tile / grain)^2 cells split into this many +-1 patterns)
-    grain: int = 4  # side in pixels of the cells that share a group and a sign (4: a coarse, 4x4-block texture)
-    # "image": one sign per image (no class mean for a linear attack, the texture stays periodic); "random": a sign
-    # per image and region; "fixed": none (the class mean is the texture itself)
-    signs: str = "image"
-    amplitude: int | None = None  # largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)
-    # levels T(x) moves pixels near 0/255 inward so they can carry +-delta. 0 (T = identity): K(x_u) = K(x) exactly,
-    # so the authorized network trains bit for bit as on the clean data; the shortcut was as strong (validation)
-    pull: int = 0
+    tile: int = knob(8, "side in pixels of the square regions S is tiled over (the texture's period)")
+    groups: int = knob(12, "dimensions of S per region (its C x (tile / grain)^2 cells split into this many +-1 patterns)")
+    grain: int = knob(4, "side in pixels of the cells that share a group and a sign (4: a coarse, 4x4-block texture)")
+    signs: str = knob("image", "image: one sign per image (no class mean for a linear attack, the texture stays"
+                      " periodic); random: a sign per image and region; fixed: none (the class mean is the texture itself)",
+                      choices=SIGNS)
+    amplitude: int | None = knob(None, "largest |delta| in 8-bit levels; None: the whole bound, floor(rho * 255)")
+    pull: int = knob(0, "levels T(x) moves pixels near 0/255 inward so they can carry +-delta. 0 (T = identity):"
+                     " K(x_u) = K(x) exactly, so the authorized network trains bit for bit as on the clean data; the"
+                     " shortcut was as strong (validation)")
 
     def __post_init__(self) -> None:
-        from .key import SIGN_MODES
-
         if self.tile < 1 or self.groups < 1:
             raise UgeError(f"keyed.tile and keyed.groups must be >= 1, got {self.tile} and {self.groups}")
         if self.grain < 1 or self.tile % self.grain:
@@ -101,8 +115,8 @@ class KeyedSettings:
         cells = KeyGeometry(3, self.tile, self.groups, self.grain).cells
         if self.groups > cells:
             raise UgeError(f"keyed.groups must be at most 3 * (tile / grain)^2 = {cells}, got {self.groups}")
-        if self.signs not in SIGN_MODES:
-            raise UgeError(f"keyed.signs must be one of {', '.join(SIGN_MODES)}, got {self.signs!r}")
+        if self.signs not in SIGNS:
+            raise UgeError(f"keyed.signs must be one of {', '.join(SIGNS)}, got {self.signs!r}")
         for name, low in (("amplitude", 1), ("pull", 0)):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and low <= value <= 255):
@@ -117,11 +131,9 @@ class LockSettings:
     `benchmarks/results/lock_sweep.md`).
     """
 
-    poison: str = "texture"  # texture, blocks, blocks-colour, autoregressive or texture+blocks (uge_hf.poisons)
+    poison: str = knob("texture", "the availability poison under the lock (uge_hf.poisons)", choices=POISONS)
 
     def __post_init__(self) -> None:
-        from .poisons import POISONS
-
         if self.poison not in POISONS:
             raise UgeError(f"lock.poison must be one of {', '.join(POISONS)}, got {self.poison!r}")
 
@@ -130,47 +142,51 @@ class LockSettings:
 class ProtectConfig:
     """Everything `uge_hf.protect` needs besides the dataset. Validated on construction."""
 
-    # "keyed" (the authorized network's secret key stage removes the perturbation exactly; the default since it met
-    # the authorized target and beat the paper's method on every hacker measured) or "gradient-matching" (the paper's)
-    method: str = "keyed"
-    authorized: list[str] = field(default_factory=lambda: ["resnet18-seed0"])  # ARCH[-wWIDTH]-seedN specs
-    keyed: KeyedSettings = field(default_factory=KeyedSettings)  # the keyed method's signal
-    lock: LockSettings = field(default_factory=LockSettings)  # the lock method's poison
-    key_file: str | None = None  # keyed, lock: reuse this key (a private folder or its key.json) instead of drawing one
-    encoder: str = "openai/clip-vit-base-patch32"  # CLIP Hub id or local path, or "surrogate"
-    encoder_revision: str | None = None  # Hub revision of the CLIP checkpoint (None: the default branch)
-    rho: float = 0.04  # L-inf bound of the perturbation on [0, 1] pixels (the paper's value)
-    seed: int = 0  # seeds the generator's init, its data order and the checkpoint sampling
-    recipe: Recipe = field(default_factory=Recipe)  # the authorized training recipe (also the trajectory's)
-    # "generator" (the paper's G), "per-sample" (optimise each x_u), "hybrid" (G, then refine per sample),
-    # "replay" (optimise each x_u while re-running the authorized recipe, L_gm matched at its exact steps)
-    solver: str = "generator"
-    per_sample_steps: int = 10  # sign-gradient steps per batch of the per-sample / hybrid solver (replay: one per epoch)
-    per_sample_step_size: float | None = None  # L-inf step of the per-sample, hybrid and replay solvers; None: rho / 4
-    generator_epochs: int = 10  # passes over the protected split while training G
-    batch_size: int = 128  # per-process batch while training G
-    generator_lr: float = 1e-3  # Adam learning rate of G
-    generator_channels: int = 32  # base width of G
-    generator_blocks: int = 4  # residual blocks of G
-    lambda_gm: float = 1.0  # weight of L_gm (the paper fixes it at 1 and weighs the others)
-    lambda_fd: float = 1.0  # weight of L_fd
-    lambda_ud: float = 0.5  # weight of L_ud
-    triplet_margin: float = 2.0  # alpha of L_fd's triplet term (squared distance of unit vectors): 2 = until cos <= 0
-    omega: float = 0.1  # weight of the KL term inside L_ud; small so the CE keeps x_u right for the authorized net
-    undistill_hacker: str = "cnn-seed1"  # the random, fixed hacker network of L_ud
-    surrogate_epochs: int = 10  # training epochs of the surrogate encoder (encoder="surrogate" only)
-    splits: list[str] = field(default_factory=lambda: ["train"])  # splits to protect (G is trained on the first)
-    keep_other_splits: bool = True  # copy the other splits unchanged into the release
-    image_column: str | None = None  # None: the column with an Image feature
-    label_column: str | None = None  # None: the ClassLabel column (or one named like "label")
-    image_size: int | None = None  # square training resolution; None: the most common image size, unchanged
-    mixed_precision: str = "no"  # Accelerate's mixed precision for G's training: "no", "fp16" or "bf16"
-    checkpoint_every: int = 200  # G's training state is saved every this many steps (for resume)
-    release_generator: bool = False  # ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it
-    # gradient-matching: publish the authorized init weights in the release (reproduction studies). Off: they come
-    # from a secret init seed and go to OUTPUT.private/ (the card holds their sha256); keyed: always private
-    publish_authorized: bool = False
-    num_shards: int | None = None  # parquet shards per split; None: about 500 MB of images per shard
+    method: str = knob("keyed", "keyed (the authorized network's secret key stage removes the perturbation exactly;"
+                       " the default since it met the authorized target and beat the paper's method on every hacker"
+                       " measured), lock (the key holder recovers the exact images; the poison is free) or"
+                       " gradient-matching (the paper's UGE)", choices=METHODS)
+    authorized: list[str] = knob(help="authorized network ARCH[-wWIDTH]-seedN; repeat for several",
+                                 factory=lambda: ["resnet18-seed0"])
+    keyed: KeyedSettings = knob(help="the keyed method's signal", factory=KeyedSettings)
+    lock: LockSettings = knob(help="the lock method's poison", factory=LockSettings)
+    key_file: str | None = knob(None, "keyed, lock: reuse this key (an OUTPUT.private folder or its key.json) instead"
+                                " of drawing one", flags=("--key-file", "--key"))
+    encoder: str = knob("openai/clip-vit-base-patch32", "CLIP Hub id or local path, or surrogate")
+    encoder_revision: str | None = knob(None, "Hub revision of the CLIP checkpoint (None: the default branch)")
+    rho: float = knob(0.04, "L-inf bound of the perturbation on [0, 1] pixels (the paper's value)")
+    seed: int = knob(0, "seeds the generator's init, its data order and the checkpoint sampling")
+    recipe: Recipe = knob(help="the authorized training recipe (also the trajectory's)", factory=Recipe)
+    solver: str = knob("generator", "generator (the paper's G), per-sample (optimise each x_u), hybrid (G, then refine"
+                       " per sample), replay (optimise each x_u while re-running the authorized recipe, L_gm matched at"
+                       " its exact steps)", choices=SOLVERS)
+    per_sample_steps: int = knob(10, "sign-gradient steps per batch of the per-sample / hybrid solver (replay: one per epoch)")
+    per_sample_step_size: float | None = knob(None, "L-inf step of the per-sample, hybrid and replay solvers; None: rho / 4")
+    generator_epochs: int = knob(10, "passes over the protected split while training G")
+    batch_size: int = knob(128, "per-process batch while training G")
+    generator_lr: float = knob(1e-3, "Adam learning rate of G")
+    generator_channels: int = knob(32, "base width of G")
+    generator_blocks: int = knob(4, "residual blocks of G")
+    lambda_gm: float = knob(1.0, "weight of L_gm (the paper fixes it at 1 and weighs the others)")
+    lambda_fd: float = knob(1.0, "weight of L_fd")
+    lambda_ud: float = knob(0.5, "weight of L_ud")
+    triplet_margin: float = knob(2.0, "alpha of L_fd's triplet term (squared distance of unit vectors): 2 = until cos <= 0")
+    omega: float = knob(0.1, "weight of the KL term inside L_ud; small so the CE keeps x_u right for the authorized net")
+    undistill_hacker: str = knob("cnn-seed1", "the random, fixed hacker network of L_ud")
+    surrogate_epochs: int = knob(10, "training epochs of the surrogate encoder (encoder=surrogate only)")
+    splits: list[str] = knob(help="split(s) to protect; repeat for several (G is trained on the first)",
+                             factory=lambda: ["train"], flags=("--split", "--splits"))
+    keep_other_splits: bool = knob(True, "copy the other splits unchanged into the release")
+    image_column: str | None = knob(None, "image column; None: the column with an Image feature")
+    label_column: str | None = knob(None, "label column; None: the ClassLabel column (or one named like label)")
+    image_size: int | None = knob(None, "square training resolution; None: the most common image size, unchanged")
+    mixed_precision: str = knob("no", "Accelerate's mixed precision for G's training", choices=MIXED_PRECISION)
+    checkpoint_every: int = knob(200, "G's training state is saved every this many steps (for resume)")
+    release_generator: bool = knob(False, "ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it")
+    publish_authorized: bool = knob(False, "gradient-matching: publish the authorized init weights in the release"
+                                    " (reproduction studies). Off: they come from a secret init seed and go to"
+                                    " OUTPUT.private/ (the card holds their sha256); keyed: always private")
+    num_shards: int | None = knob(None, "parquet shards per split; None: about 500 MB of images per shard")
 
     def __post_init__(self) -> None:
         self.recipe = _nested(Recipe, self.recipe, "recipe")

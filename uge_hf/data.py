@@ -11,7 +11,7 @@ import io
 import os
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ from uge_hf.fetch import HUB_ID
 
 # Conventional label column names, most preferred first.
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label", "coarse_label")
+# Held-out split names, most preferred first: the one a card's and an evaluation's test accuracies are measured on.
+TEST_SPLITS = ("test", "validation")
 
 _INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 _STRING_DTYPES = {"string", "large_string"}
@@ -181,6 +183,18 @@ def _label_values(ds: datasets.Dataset, label_column: str) -> list[Any]:
         if value is None or value == missing:
             raise UgeError(f"row {row} of column '{label_column}' has no label; drop unlabeled rows first")
     return values
+
+
+def held_out_split(splits: Iterable[str], exclude: Iterable[str] = (), label_column: str | None = None) -> str | None:
+    """The first of `TEST_SPLITS` among `splits` (names, or a `DatasetDict`) and not in `exclude`, or None.
+
+    With `label_column` (and a `DatasetDict`), a split counts only when every row has its label.
+    """
+    excluded = set(exclude)
+    for name in TEST_SPLITS:
+        if name in splits and name not in excluded and (label_column is None or has_every_label(splits[name], label_column)):
+            return name
+    return None
 
 
 def has_every_label(ds: datasets.Dataset, label_column: str) -> bool:

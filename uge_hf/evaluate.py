@@ -35,10 +35,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .card import AuthorizedEntry
 from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
-from .data import ClassificationTensors, load_source, to_tensors
+from .data import TEST_SPLITS, ClassificationTensors, load_source, to_tensors
 from .errors import UgeError
+from .files import atomic_write, weights_tensors
 from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
 from .layout import load_release
 from .specs import ModelSpec, build_model
@@ -46,7 +48,6 @@ from .training import accuracy, train_classifier
 
 PAPER_HACKER_ARCHS = ("cnn", "lenet", "mobilenetv2", "shufflenetv2")
 ATTACKS = ("jpeg10", "grayscale", "augment", "linear-projection")
-TEST_SPLITS = ("test", "validation")
 
 
 def default_hackers(authorized: str) -> list[str]:
@@ -110,7 +111,7 @@ class EvaluationData:
     protected: ClassificationTensors
     test: ClassificationTensors
     recipe: Recipe
-    authorized: list[dict]  # the card's authorized entries
+    authorized: list[AuthorizedEntry]  # the card's authorized entries
     release_dir: Path
     # Authorized spec -> its input stage (a keyed network's key stage), a fixed module on [0, 1] images applied before
     # augmentation in training and at test time, and to the teacher's inputs when that network is the Distill teacher.
@@ -126,7 +127,7 @@ class EvaluationData:
     authorized_images: Tensor | None = None
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.input_stages) - {net["spec"] for net in self.authorized})
+        unknown = sorted(set(self.input_stages) - {net.spec for net in self.authorized})
         if unknown:
             raise UgeError(f"input stages for {', '.join(unknown)}, which the card does not authorize")
 
@@ -142,16 +143,15 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     A lock release needs `key`: the authorized network trains on the unlocked images; "Wrong key" tries another
     key on every row (each must be refused) and then, like "No key", trains on the release as it is.
     """
-    from .card import read_uge_block
-
+    from .card import read_card
     from .fetch import fetch_release
 
     release_dir = fetch_release(release_dir)
-    uge = read_uge_block(release_dir)
-    split = uge["protected_splits"][0]
-    image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
-    size = tuple(uge["input"]["image_size"])
-    names = uge["class_names"]
+    card = read_card(release_dir)
+    split = card.protected_splits[0]
+    image_column, label_column = card.image_column, card.label_column
+    size = card.image_size
+    names = card.class_names
     released = load_release(release_dir, [split])[split]
     clean_splits = load_source(clean_source)
     if split not in clean_splits:
@@ -171,22 +171,22 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     protected = tensors(released, config.train_rows)
     if not torch.equal(clean.labels, protected.labels):
         raise UgeError("the release's labels differ from the clean split's: is --clean the dataset it was made from?")
-    recipe = Recipe(**uge["recipe"])
+    recipe = card.recipe
     if config.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=config.epochs)
     test = tensors(clean_splits[test_name], config.test_rows)
-    data = EvaluationData(clean, protected, test, recipe, uge["authorized"], release_dir)
-    for net in uge["authorized"]:
+    data = EvaluationData(clean, protected, test, recipe, card.authorized, release_dir)
+    for net in card.authorized:
         content = read_weights(release_dir, net, authorized_weights)
         problems = weight_problems(net, content)
         if problems:
             raise UgeError("; ".join(problems))
         model = build_authorized(net, content)
         if isinstance(model, KeyedNetwork):
-            data.input_stages[net["spec"]] = model.key_stage
+            data.input_stages[net.spec] = model.key_stage
             model = model.backbone
-        data.authorized_networks[net["spec"]] = model
-    if uge["method"] == "lock":
+        data.authorized_networks[net.spec] = model
+    if card.method == "lock":
         if key is None:
             raise UgeError("the authorized party of a lock release trains on the unlocked images: pass the key"
                            " (--key key.json or the OUTPUT.private folder)")
@@ -196,21 +196,21 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
         if not torch.equal(data.authorized_images, clean.images):
             raise UgeError("the unlocked images are not the clean split's: is --clean the dataset the release was made from?")
         if config.wrong_key:
-            _refuse_wrong_key(released, uge, len(clean.labels))
-            net = uge["authorized"][0]
-            backbone = data.authorized_networks[net["spec"]]
-            data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), None),
-                                    ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
-    if uge["method"] == "keyed" and config.wrong_key:
-        net = uge["authorized"][0]
-        backbone = data.authorized_networks[net["spec"]]
-        wrong = wrong_key_stage(uge["key"], len(names))
-        data.extra_networks += [("Wrong key", net["spec"], lambda: copy.deepcopy(backbone), wrong),
-                                ("No key", net["spec"], lambda: copy.deepcopy(backbone), None)]
+            _refuse_wrong_key(released, card, len(clean.labels))
+            net = card.authorized[0]
+            backbone = data.authorized_networks[net.spec]
+            data.extra_networks += [("Wrong key", net.spec, lambda: copy.deepcopy(backbone), None),
+                                    ("No key", net.spec, lambda: copy.deepcopy(backbone), None)]
+    if card.method == "keyed" and config.wrong_key:
+        net = card.authorized[0]
+        backbone = data.authorized_networks[net.spec]
+        wrong = wrong_key_stage(card.method_fields["key"], len(names))
+        data.extra_networks += [("Wrong key", net.spec, lambda: copy.deepcopy(backbone), wrong),
+                                ("No key", net.spec, lambda: copy.deepcopy(backbone), None)]
     return data
 
 
-def _refuse_wrong_key(released, uge: dict, rows: int) -> None:
+def _refuse_wrong_key(released, card, rows: int) -> None:
     """Another key's cipher on the first `rows` blobs of a lock release: UgeError if it opens any (it must open none:
     the Wrong key row then trains on the release as it is)."""
     import numpy as np
@@ -219,10 +219,10 @@ def _refuse_wrong_key(released, uge: dict, rows: int) -> None:
     from .lock import LockKey, open_blob, row_binding
 
     wrong = AESGCM(LockKey(hashlib.sha256(b"uge-hf wrong key").digest()).cipher_key)
-    image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
+    image_column, label_column = card.image_column, card.label_column
     opened = 0
     subset = released.select(range(min(rows, released.num_rows)))
-    for image, label, blob in zip(subset[image_column], subset[label_column], subset[uge["lock"]["unlock_column"]]):
+    for image, label, blob in zip(subset[image_column], subset[label_column], subset[card.method_fields["lock"]["unlock_column"]]):
         pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
         try:
             open_blob(wrong, blob, row_binding(pixels, label), pixels.shape, "wrong key")
@@ -308,9 +308,7 @@ class Trainer:
                          teacher=teacher[0] if teacher else None, input_stage=input_stage, teacher_stage=teacher_stage)
         if record_on is not None:  # before the weights: weights on disk always come with their curve
             self._write_curve(name, _data_fingerprint(*record_on), curve)
-        partial = path.with_name(path.name + ".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
-        partial.replace(path)
+        atomic_write(path, lambda partial: save_file(weights_tensors(model), str(partial)))
         self.trained_here.add(name)
         return model, name
 
@@ -326,9 +324,7 @@ class Trainer:
         path = self.cache_dir / f"{key}.epochs.json"
         curves = json.loads(path.read_text()) if path.exists() else {}
         curves[data] = curve
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(curves) + "\n")
-        partial.replace(path)
+        atomic_write(path, lambda partial: partial.write_text(json.dumps(curves) + "\n"))
 
 
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
@@ -387,15 +383,15 @@ def run_protocol(data: EvaluationData, config: EvaluateConfig, trainer: Trainer)
     rows: list[Row] = []
     teachers = {}
     for net in data.authorized:
-        checked = data.authorized_networks[net["spec"]]
+        checked = data.authorized_networks[net.spec]
         authorized_model = lambda checked=checked: copy.deepcopy(checked)
-        stage = data.input_stages.get(net["spec"])
+        stage = data.input_stages.get(net.spec)
         own = variants if data.authorized_images is None else {**variants, "protected": data.authorized_images}
-        results = measure(authorized_model, f"authorized {net['spec']}", own, stage_of=dict.fromkeys(variants, stage), peak=True)
-        rows.append(row(net["spec"], "authorized", "Normal", results))
+        results = measure(authorized_model, f"authorized {net.spec}", own, stage_of=dict.fromkeys(variants, stage), peak=True)
+        rows.append(row(net.spec, "authorized", "Normal", results))
         teachers.setdefault("first", ({v: (r.model, r.key) for v, r in results.items()}, stage))
 
-    hackers = config.hackers or default_hackers(data.authorized[0]["spec"])
+    hackers = config.hackers or default_hackers(data.authorized[0].spec)
     for spec in hackers:
         results = measure(lambda spec=spec: build_model(spec, num_classes), f"hacker {spec}", peak=True)
         rows.append(row(spec, "hacker", "Normal", results))
@@ -488,15 +484,14 @@ EVALUATION_MARKER = "<!-- uge-hf evaluation -->"
 
 def update_card(release_dir: str | Path, rows: list[Row], meta: dict) -> None:
     """Write the results into the release card: `uge.evaluation` in the YAML and a table in the prose."""
-    from huggingface_hub import DatasetCard
+    from .card import CARD_FILE, UgeBlock, load_card
+    from .files import portable
 
-    from .release import portable
-
-    path = Path(release_dir) / "README.md"
-    card = DatasetCard.load(path)
-    uge = card.data.to_dict()["uge"]
-    uge["evaluation"] = {**portable(meta), "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
-    card.data.uge = uge
+    card = load_card(release_dir)
+    block = UgeBlock.from_dict(card.data.to_dict().get("uge"))
+    evaluation = {**portable(meta), "rows": [{**dataclasses.asdict(r), "change": round(r.change, 4)} for r in rows]}
+    card.data.uge = dataclasses.replace(block, evaluation=evaluation).to_dict()
+    path = Path(release_dir) / CARD_FILE
     section = (f"{EVALUATION_MARKER}\n## Evaluation (`uge-hf evaluate`)\n\nClean-test accuracy (%) of networks "
                f"trained on the clean and on the protected data with the card's recipe.\n\n{markdown_table(rows)}\n")
     text = card.text.split(EVALUATION_MARKER)[0].rstrip() + "\n\n" + section

@@ -102,7 +102,7 @@ def push_release(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
-    from .card import read_uge_block
+    from .card import read_card
     from .verify import key_material, verify_release
 
     folder = Path(folder)
@@ -119,7 +119,7 @@ def push_release(
             f"refusing to publish {folder}: it fails verification ({'; '.join(map(str, failed))}); "
             f"run `uge-hf verify {folder}` for every check"
         )
-    uge = read_uge_block(folder)
+    uge = read_card(folder)
     local = release_files(folder)
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -148,12 +148,12 @@ def push_release(
             stage = f"creating the branch {branch}"
             api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True, token=token)
         stage = "uploading the commit"
-        specs = ", ".join(net["spec"] for net in uge["authorized"])
+        specs = ", ".join(net.spec for net in uge.authorized)
         return api.create_commit(
             repo_id,
             operations,
             commit_message=commit_message or f"uge-hf {__version__} release (authorized: {specs})",
-            commit_description=f"Pushed with `uge-hf push`. rho {uge['rho']}, pixel bound {uge['pixel_bound']}/255.",
+            commit_description=f"Pushed with `uge-hf push`. rho {uge.rho}, pixel bound {uge.pixel_bound}/255.",
             repo_type="dataset",
             revision=branch,
             token=token,

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .errors import UgeError
-from .keyfile import KEY_BYTES, new_secret  # noqa: F401  (new_secret: the keyed method draws its key here)
+from .keyfile import KEY_BYTES, KEY_FILE, KEY_FORMAT, key_file_bytes, new_secret, read_key_file  # noqa: F401 (re-exported)
 
 SIGN_MODES = ("random", "image", "fixed")  # a sign per image and region / per image / none
 
@@ -304,3 +305,22 @@ def invariance_residual(stage: KeyStage, protected: Tensor, adjusted: Tensor) ->
     rows, cols = v.shape[1], v.shape[2]
     change[:, :, : rows * stage.tile, : cols * stage.tile] = 0
     return torch.maximum(inside, change.abs().flatten(1).amax(1).double())
+
+
+def key_json(key: SecretKey) -> bytes:
+    """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
+    g = key.geometry
+    return key_file_bytes("keyed", key.secret, channels=g.channels, tile=g.tile, groups=g.groups, grain=g.grain,
+                          num_classes=key.num_classes)
+
+
+def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
+    """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
+    secret, data = read_key_file(path, "keyed")
+    try:
+        key = SecretKey(secret, KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1)), data["num_classes"])
+    except (KeyError, TypeError) as e:
+        raise UgeError(f"{path} is not a keyed key file (missing or bad field {e})") from None
+    if num_classes is not None and key.num_classes != num_classes:
+        raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
+    return key

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from .errors import UgeError
-from .layout import json_bytes
+from .files import json_bytes
 
 KEY_FILE = "key.json"
 KEY_FORMAT = "uge-hf key"

@@ -10,12 +10,12 @@ Readers (verify, authorized, evaluate) import this module, the writer too; it im
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from .errors import UgeError
+from .files import json_bytes  # noqa: F401 (the writers' JSON, importable from here as before)
 
 SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 
@@ -67,5 +67,3 @@ def release_path(folder: Path, relative: str) -> Path:
     return folder / normal
 
 
-def json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

@@ -10,22 +10,25 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Image
 from torch import Tensor
 
 from .version import __version__
 from .apply import perturbation_stats, preview_grid
-from .card import CARD_SCHEMA_VERSION
+from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, UgeBlock
 from .config import KEY_METHODS, ProtectConfig
-from .data import has_every_label, load_source, resolve_columns, source_label, to_pil_images, to_tensors
+from .data import held_out_split, load_source, resolve_columns, source_label, to_pil_images, to_tensors
 from .errors import UgeError
+from .files import json_bytes, portable
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
 from .progress import is_main_process
-from .layout import json_bytes
 from .release import check_output_dir, write_release
-from .training import INPUT_MEAN, INPUT_STD
+from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 
 
@@ -37,7 +40,7 @@ def protect(
     config: ProtectConfig | None = None,
     overwrite: bool = False,
     **options,
-) -> DatasetDict | None:
+) -> ProtectResult | None:
     """Protect `dataset` so that only the `authorized` network(s) learn well from it.
 
     Args:
@@ -46,17 +49,22 @@ def protect(
         output_dir: where to write the release folder; None returns the protected dataset without writing one.
             Key material (the keyed method's key and authorized weights) goes to `OUTPUT.private/` beside it,
             never into the release.
-        config: a full `ProtectConfig`; `authorized` and `options` (any of its fields) override it.
+        config: a full `ProtectConfig` (used as it is: validated when it was made); `authorized` and `options` (any
+            of its fields) override it, and the result is validated again.
         overwrite: replace a non-empty `output_dir` (and its private folder).
 
     Returns:
-        The protected `DatasetDict` (the main process's; other processes of a multi-process run get None).
+        A `ProtectResult`: the protected `DatasetDict`, the card's `uge:` block (`UgeBlock`, as written), and the
+        release and private folders (None where none was written). Other processes of a multi-process run get None.
+        (Before 0.2 this returned the `DatasetDict` alone: `result["train"]` still works, with a DeprecationWarning;
+        use `result.dataset["train"]`.)
     """
-    values = config.to_dict() if config is not None else {}
-    values.update(options)
-    if authorized is not None:
-        values["authorized"] = authorized
-    config = ProtectConfig.from_dict(values)
+    if config is None or options or authorized is not None:  # a config alone was validated when it was made
+        values = config.to_dict() if config is not None else {}
+        values.update(options)
+        if authorized is not None:
+            values["authorized"] = authorized
+        config = ProtectConfig.from_dict(values)
 
     if output_dir is None and config.method in KEY_METHODS and config.key_file is None:
         raise UgeError(f"the {config.method} method needs an output folder: its key is written to OUTPUT.private/"
@@ -81,20 +89,39 @@ def protect(
     inputs = MethodInput(config, splits, clean, image_column, label_column, work_dir)
     result = get_method(config.method).protect(inputs)
 
-    released = None
+    outcome = None
     if is_main_process():
         released = _released_splits(splits, config, result.protected, image_column, result.columns)
+        card = _card_block(config, inputs, result, splits)
+        written = private if output is not None and result.private_files else None
         if output is not None:
-            uge = _uge_block(config, inputs, result, splits)
+            card = UgeBlock.from_dict(portable(card.to_dict()))  # as the release's README.md holds it
             files = {"uge_config.json": json_bytes(config.public_dict()), **result.public_files}
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
             with write_private(private, result.private_files):
-                write_release(output, released, uge, source_name, files, preview, config.num_shards, overwrite, original=splits)
+                output = write_release(output, released, card, source_name, files, preview, config.num_shards,
+                                       overwrite, original=splits)
+        outcome = ProtectResult(released, card, output, written.resolve() if written is not None else None)
     result.barrier()
     if is_main_process() and result.work_dir is not None:
         shutil.rmtree(result.work_dir, ignore_errors=True)
-    return released
+    return outcome
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    """What `protect()` made: the protected splits, the card's block, and where they were written."""
+
+    dataset: DatasetDict  # the released splits: protected ones with their new images, the others as configured
+    card: UgeBlock  # the `uge:` block (written to release_dir/README.md when there is a release folder)
+    release_dir: Path | None  # the release folder (absolute); None when protect() was given no output_dir
+    private_dir: Path | None  # OUTPUT.private/ (key, authorized weights); None when the method wrote nothing private
+
+    def __getitem__(self, split: str) -> Dataset:
+        """`result[split]`, as when protect() returned the `DatasetDict` itself (deprecated: `result.dataset[split]`)."""
+        warnings.warn("protect() returns a ProtectResult: use result.dataset[split]", DeprecationWarning, stacklevel=2)
+        return self.dataset[split]
 
 
 def _released_splits(splits: DatasetDict, config: ProtectConfig, protected: dict[str, Tensor], image_column: str,
@@ -145,30 +172,30 @@ def _fingerprint(values) -> str:
     return digest.hexdigest()[:32]
 
 
-def _uge_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> dict:
+def _card_block(config: ProtectConfig, inputs: MethodInput, result: MethodResult, splits: DatasetDict) -> UgeBlock:
     """The card's machine-readable `uge:` block: what was declared, how it was made, what was measured."""
     clean = inputs.fit
     first = config.splits[0]
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
-                      and config.keep_other_splits and has_every_label(splits[name], inputs.label_column)), None)
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "uge_hf_version": __version__,
-        "method": config.method,
-        "authorized": result.authorized,
-        "recipe": vars(config.recipe),
-        "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
-        "rho": config.rho,
-        "pixel_bound": config.pixel_bound,
-        **result.card,
-        "seed": config.seed,
-        "protected_splits": list(config.splits),
-        "columns": {"image": inputs.image_column, "label": inputs.label_column},
-        "class_names": list(clean.class_names),
-        "results": {
-            "perturbation": {first: perturbation_stats(clean.images, result.protected[first])},
-            "test_split": test_name,
-            **result.results,
-        },
-        "config": config.public_dict(),
-    }
+    test_split = held_out_split(splits, config.splits, inputs.label_column) if config.keep_other_splits else None
+    return UgeBlock(
+        uge_hf_version=__version__,
+        method=config.method,
+        # a method may hand back plain mappings: they are checked here, as a card's entries are when read
+        authorized=[net if isinstance(net, AuthorizedEntry) else AuthorizedEntry.from_dict(net, i)
+                    for i, net in enumerate(result.authorized)],
+        recipe=config.recipe,
+        input=InputTransform(tuple(clean.image_size), INPUT_MEAN, INPUT_STD),
+        rho=config.rho,
+        pixel_bound=config.pixel_bound,
+        method_fields=dict(result.card),
+        seed=config.seed,
+        protected_splits=list(config.splits),
+        columns={"image": inputs.image_column, "label": inputs.label_column},
+        class_names=list(clean.class_names),
+        results=Results(
+            perturbation={first: PerturbationStats(**perturbation_stats(clean.images, result.protected[first]))},
+            test_split=test_split,
+            method_results={k: v for k, v in result.results.items() if k not in ("perturbation", "test_split")},
+        ),
+        config=config.public_dict(),
+    )

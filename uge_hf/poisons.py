@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import POISONS
 from .errors import UgeError
 from .key import separated_codes
 
 AR_BURN_IN = 8  # pixels of the AR canvas cut off before the image starts (the start-up transient)
-POISONS = ("texture", "blocks", "blocks-colour", "autoregressive", "texture+blocks")
 
 
 def key_rng(secret: bytes, *words: int) -> np.random.Generator:

@@ -24,30 +24,17 @@ from datasets import Image as ImageFeature
 from datasets.table import embed_table_storage
 from PIL import Image
 
-from .card import render_card
+from .card import UgeBlock, render_card
 from .errors import UgeError
-from .layout import json_bytes
+from .files import check_output_dir, json_bytes, portable  # noqa: F401 (check_output_dir: importable from here as before)
 
 SHARD_BYTES = 500 * 2**20
-
-
-def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
-    """Fail early, before hours of training, if the release could not be written."""
-    output = Path(output_dir)
-    here = Path.cwd().resolve()
-    if output.expanduser().resolve() in (here, *here.parents):
-        raise UgeError(f"the output {output_dir} is the working folder or one of its parents: choose a subfolder")
-    if output.exists() and not output.is_dir():
-        raise UgeError(f"the output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UgeError(f"the output folder {output} is not empty: choose another or pass --overwrite")
-    return output
 
 
 def write_release(
     output_dir: str | Path,
     dataset: DatasetDict,
-    uge: dict,
+    uge: UgeBlock,
     source: str,
     files: dict[str, bytes],
     preview: Image.Image,
@@ -70,7 +57,7 @@ def write_release(
     staging = output.parent / f".{output.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _stage(staging, dataset, portable(uge), portable(source), files, preview, num_shards)
+        _stage(staging, dataset, portable(uge.to_dict()), portable(source), files, preview, num_shards)
         if original is not None:
             from .verify import check_against_source
 
@@ -134,22 +121,3 @@ def standalone(ds: Dataset, features: Features) -> Dataset:
     except OSError as e:
         raise UgeError(f"an image file of the dataset cannot be read to embed it in the release: {e}") from None
     return embedded.with_format(**ds.format)
-
-
-def portable(value):
-    """`value` (str, or dicts / lists of them) with every absolute path of a file or folder on this machine cut
-    to its last component.
-
-    A release leaves this machine: "/home/alice/models/clip" (a local encoder) says where a file was, not what
-    it is, and names a user. Hub ids, relative paths and strings that only look like paths (a class named
-    "/m/01yrx") are kept.
-    """
-    if isinstance(value, dict):
-        return {key: portable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [portable(item) for item in value]
-    if isinstance(value, str) and value.strip():
-        path = os.path.expanduser(value)
-        if os.path.isabs(path) and os.path.exists(path):
-            return os.path.basename(os.path.normpath(path)) or value
-    return value

@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from .config import ProtectConfig
 from .encoders import Encoder
+from .apply import perturb
 from .errors import UgeError
+from .files import atomic_write
 from .losses import feature_deviation_loss, gradient_matching_loss, least_similar_class, undistill_loss
 from .models import PerturbationGenerator
 from .progress import progress_bar
@@ -39,12 +41,6 @@ def build_generator(config: ProtectConfig) -> PerturbationGenerator:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return PerturbationGenerator(config.rho, config.generator_channels, config.generator_blocks)
-
-
-def perturb(generator: nn.Module, x: Tensor, rho: float) -> Tensor:
-    """x_u = clamp(x + G(x), x - rho, x + rho) within [0, 1] (Eq. 3, with G predicting the residual)."""
-    delta = generator(x).clamp(-rho, rho)
-    return (x + delta).clamp(0, 1)
 
 
 @dataclass
@@ -248,9 +244,8 @@ def refine_per_sample(
                     logged.setdefault("first", {"loss": loss.item(), **terms})
                     logged["last"] = {"loss": loss.item(), **terms}
                     delta = _sign_step(loss, delta, step_size, rho).requires_grad_(True)
-                partial = path.with_name(path.name + ".partial")
-                save_file({"x_u": (x + delta).clamp(0, 1).detach().cpu()}, str(partial), metadata={"losses": json.dumps(logged)})
-                partial.replace(path)
+                x_u = (x + delta).clamp(0, 1).detach().cpu()
+                atomic_write(path, lambda partial: save_file({"x_u": x_u}, str(partial), metadata={"losses": json.dumps(logged)}))
             advance()
     accelerator.wait_for_everyone()
     protected, logs = [], []
@@ -331,9 +326,7 @@ def refine_along_replay(accelerator, ctx: StepContext, images: Tensor, labels: T
                     "nets": [{"net": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
                              for net, (optimizer, scheduler) in zip(nets, optimizers)],
                 }
-                partial = checkpoint.with_name(checkpoint.name + ".partial")
-                torch.save(saved, partial)
-                partial.replace(checkpoint)
+                atomic_write(checkpoint, lambda partial: torch.save(saved, partial))
         finished.touch()
     else:
         # Polled rather than a collective barrier: the replay can outlast a process group's timeout (10 min for NCCL).

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import save
 from torch import nn
 
 from uge_hf.errors import UgeError
@@ -92,7 +91,9 @@ def build_model(spec: ModelSpec | str, num_classes: int) -> nn.Module:
 
 def init_state_bytes(model: nn.Module) -> bytes:
     """Serialise the model's state dict as safetensors (CPU, contiguous, no metadata); same weights, same bytes."""
-    return save({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()})
+    from .files import weights_bytes
+
+    return weights_bytes(model)
 
 
 def init_sha256(spec: ModelSpec | str, num_classes: int) -> str:

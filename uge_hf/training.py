@@ -15,23 +15,8 @@ from torch import Tensor, nn
 
 from .config import Recipe
 from .errors import UgeError
+from .inputs import INPUT_MEAN, INPUT_STD, normalize, to_unit  # noqa: F401 (the trainer's inputs, re-exported)
 from .progress import progress_bar
-
-# Fixed input normalisation of every classifier: (x - 0.5) / 0.25 on [0, 1] pixels. Constants rather than
-# dataset statistics, so the authorized recipe is the same for every dataset and needs no extra numbers.
-INPUT_MEAN = 0.5
-INPUT_STD = 0.25
-
-
-def normalize(images: Tensor) -> Tensor:
-    """[0, 1] images -> classifier inputs."""
-    return (images - INPUT_MEAN) / INPUT_STD
-
-
-def to_unit(images: Tensor) -> Tensor:
-    """uint8 images -> float [0, 1]."""
-    return images.float().div_(255)
-
 
 def random_crop_flip(images: list[Tensor], generator: torch.Generator) -> list[Tensor]:
     """The recipe's augmentation: pad 1/8 of the side with zeros, crop back at random, flip half horizontally.

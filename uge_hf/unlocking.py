@@ -36,17 +36,17 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
 
     Raises: UgeError if the release is not a lock release, the key is not its key, or a row does not unlock.
     """
-    from .card import read_uge_block
+    from .card import read_card
     from .fetch import fetch_release
     from .layout import load_release
 
     folder = fetch_release(release, revision)
-    uge = read_uge_block(folder)
+    uge = read_card(folder)
     opener = RowUnlocker.from_card(uge, key)
     splits = load_release(folder)
     out = {}
     for name, split in splits.items():
-        if name not in uge["protected_splits"]:
+        if name not in uge.protected_splits:
             out[name] = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
         elif on_the_fly:
             split = split.with_format(None)
@@ -74,16 +74,18 @@ class RowUnlocker:
         return AESGCM(self.cipher_key)
 
     @classmethod
-    def from_card(cls, uge: dict, key: str | os.PathLike) -> RowUnlocker:
+    def from_card(cls, card, key: str | os.PathLike) -> RowUnlocker:
+        """The unlocker of the release whose checked card (`uge_hf.card.UgeBlock`) is `card`, with `key`."""
         from .lock import load_lock_key
 
-        if uge.get("method") != "lock":
-            raise UgeError(f"this release was made with the {uge.get('method')} method; only a lock release unlocks")
-        lock_key = load_lock_key(Path(key), len(uge["class_names"]))
-        if lock_key.fingerprint != uge["lock"]["key_sha256"]:
+        if card.method != "lock":
+            raise UgeError(f"this release was made with the {card.method} method; only a lock release unlocks")
+        lock = card.method_fields["lock"]
+        lock_key = load_lock_key(Path(key), len(card.class_names))
+        if lock_key.fingerprint != lock["key_sha256"]:
             raise UgeError(f"the key {key} is not this release's key (its sha256 is not the card's"
-                           f" {uge['lock']['key_sha256'][:16]}...)")
-        return cls(lock_key, uge["columns"]["image"], uge["columns"]["label"], uge["lock"]["unlock_column"])
+                           f" {lock['key_sha256'][:16]}...)")
+        return cls(lock_key, card.image_column, card.label_column, lock["unlock_column"])
 
     def unlock_images(self, images: list, labels: list[int], blobs: list[bytes], where: Callable[[int], str]) -> list:
         """Source images (PIL, RGB) of released PIL `images`, their labels and unlock blobs."""
@@ -149,7 +151,7 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
     """
     import shutil
 
-    from .release import check_output_dir, standalone
+    from .files import check_output_dir
 
     output = check_output_dir(output_dir, overwrite).resolve()
     unlocked = unlock(release, key, revision=revision)  # fails on a bad key or row before anything is written
@@ -158,7 +160,9 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
     try:
         (staging / "data").mkdir(parents=True)
         for name, split in unlocked.items():
-            standalone(split, split.features).to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
+            # every image is bytes already (unlocked images are encoded by `map`; copied splits come from the
+            # release, which embeds them): the shards stand alone
+            split.to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

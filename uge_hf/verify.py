@@ -12,12 +12,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import UgeError
 from .layout import SHARD_NAME, release_data_files, release_path
+
+if TYPE_CHECKING:
+    from .card import AuthorizedEntry, UgeBlock
 
 # datasets' shard naming, as `write_release` writes it: data/{split}-{index:05d}-of-{count:05d}.parquet
 _SHOWN = 5  # failing rows named per check, then a count
@@ -62,8 +65,8 @@ def verify_release(
     uge, problem = _read_card(folder)
     if uge is None:
         return [Check("card", False, problem)]
-    checks = [Check("card", True, f"uge schema version {uge['schema_version']}, made with uge-hf {uge.get('uge_hf_version')}")]
-    checks += [_check_weights(folder, net, authorized_weights) for net in uge["authorized"]]
+    checks = [Check("card", True, f"uge schema version {uge.schema_version}, made with uge-hf {uge.uge_hf_version}")]
+    checks += [_check_weights(folder, net, authorized_weights) for net in uge.authorized]
     checks.append(_check_no_key_material(folder))
     info, problem = _read_dataset_info(folder)
     files = release_data_files(folder)
@@ -77,7 +80,7 @@ def verify_release(
     return checks
 
 
-def _check_unlock(folder: Path, uge: dict, key: str | os.PathLike, original: Any) -> list[Check]:
+def _check_unlock(folder: Path, uge: UgeBlock, key: str | os.PathLike, original: Any) -> list[Check]:
     """Every protected row of a lock release opens with `key`; with `original`, to the source's pixels exactly."""
     from .unlocking import unlock
 
@@ -91,13 +94,12 @@ def _check_unlock(folder: Path, uge: dict, key: str | os.PathLike, original: Any
         from .data import load_source, to_tensors
 
         source = load_source(original)
-    for split in uge["protected_splits"]:
+    for split in uge.protected_splits:
         rows = unlocked[split].num_rows
         if source is None:
             checks.append(Check(f"unlock {split}", True, f"{rows} rows open with the key (authentic, bound to their rows)"))
             continue
-        image, label = uge["columns"]["image"], uge["columns"]["label"]
-        size, names = tuple(uge["input"]["image_size"]), uge["class_names"]
+        image, label, size, names = uge.image_column, uge.label_column, uge.image_size, uge.class_names
         got = to_tensors(unlocked[split], image, label, size, names).images
         want = to_tensors(source[split], image, label, size, names).images
         bad = (got != want).reshape(len(got), -1).any(1).nonzero().flatten().tolist() if got.shape == want.shape else list(range(rows))
@@ -120,10 +122,10 @@ def check_against_source(folder: str | os.PathLike, original: Any) -> list[Check
     return _pixel_checks(uge, release_data_files(folder), original)
 
 
-def _pixel_checks(uge: dict, files: dict[str, list[Path]], original: Any) -> list[Check]:
+def _pixel_checks(uge: UgeBlock, files: dict[str, list[Path]], original: Any) -> list[Check]:
     """The images of each protected split; with `original`, the bound and the labels against it."""
     checks, pixels = [], {}
-    for split in uge["protected_splits"]:
+    for split in uge.protected_splits:
         check, pixels[split] = _check_images(split, files.get(split, []), uge, keep_pixels=original is not None)
         checks.append(check)
     if original is not None:
@@ -133,63 +135,14 @@ def _pixel_checks(uge: dict, files: dict[str, list[Path]], original: Any) -> lis
 
 # --- the card -----------------------------------------------------------------------------------------------
 
-_NET_FIELDS = {"spec": str, "arch": str, "width": int, "seed": int, "num_classes": int, "init_sha256": str}
-
-
-def _read_card(folder: Path) -> tuple[dict | None, str]:
-    """The `uge:` block if it has the schema this version reads, else (None, what is wrong)."""
-    from .card import read_uge_block
-    from .config import Recipe
-    from .specs import ModelSpec
+def _read_card(folder: Path) -> tuple[UgeBlock | None, str]:
+    """The checked `uge:` block (`card.read_card`), or (None, what is wrong with it)."""
+    from .card import read_card
 
     try:
-        uge = read_uge_block(folder)
+        return read_card(folder), ""
     except UgeError as e:
         return None, str(e)
-    except Exception as e:  # a card whose YAML does not parse
-        return None, f"README.md: the card's YAML cannot be read ({type(e).__name__}: {e})"
-
-    def wrong(field: str, why: str) -> tuple[None, str]:
-        return None, f"README.md: uge.{field} {why}"
-
-    for key, kind in (("authorized", list), ("recipe", dict), ("input", dict), ("protected_splits", list),
-                      ("columns", dict), ("class_names", list), ("pixel_bound", int), ("rho", (int, float))):
-        if not isinstance(uge.get(key), kind):
-            return wrong(key, f"is missing or not a {getattr(kind, '__name__', 'number')}")
-    if not uge["authorized"]:
-        return wrong("authorized", "is empty")
-    for index, net in enumerate(uge["authorized"]):
-        if not isinstance(net, dict):
-            return wrong(f"authorized[{index}]", "is not a mapping")
-        for key, kind in _NET_FIELDS.items():
-            if key == "seed" and net.get("private") and net.get(key) is None:
-                continue  # a private init: the spec names the architecture, the seed is secret
-            if not isinstance(net.get(key), kind):
-                return wrong(f"authorized[{index}].{key}", f"is missing or not a {kind.__name__}")
-        # a lock release's network has a public init rebuilt from its spec (the key authorizes, not the weights)
-        if not (isinstance(net.get("weights"), str) or net.get("private") is True or net.get("input_stage") == "unlock"):
-            return wrong(f"authorized[{index}]", "names no weights file and is not marked private")
-        try:
-            spec = ModelSpec.parse(net["spec"])
-        except UgeError as e:
-            return wrong(f"authorized[{index}].spec", f"is invalid: {e}")
-        declared = (net["arch"], net["width"], net["seed"])
-        if declared != (spec.arch, spec.resolved_width, spec.seed if net["seed"] is not None else None):
-            return wrong(f"authorized[{index}]", f"arch/width/seed {declared} do not match its spec {net['spec']}")
-        if net["num_classes"] != len(uge["class_names"]):
-            return wrong(f"authorized[{index}].num_classes", f"is {net['num_classes']} but there are {len(uge['class_names'])} class names")
-    try:
-        Recipe(**uge["recipe"])
-    except (TypeError, UgeError) as e:
-        return wrong("recipe", f"is not a valid recipe: {e}")
-    size = uge["input"].get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        return wrong("input.image_size", f"is {size!r}, not [height, width]")
-    if not all(isinstance(uge["columns"].get(key), str) for key in ("image", "label")):
-        return wrong("columns", f"is {uge['columns']!r}, not {{image: NAME, label: NAME}}")
-    if not uge["protected_splits"]:
-        return wrong("protected_splits", "is empty")
-    return uge, ""
 
 
 def _read_dataset_info(folder: Path):
@@ -210,32 +163,32 @@ def _read_dataset_info(folder: Path):
 # --- authorized weights ---------------------------------------------------------------------------------------
 
 
-def _check_weights(folder: Path, net: dict, weights: str | os.PathLike | None) -> Check:
+def _check_weights(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike | None) -> Check:
     """The authorized weights (the release's, or the private file given) against the card and the spec rebuilt here."""
     from .authorized import read_weights, weight_problems
 
-    name = f"weights {net['spec']}"
-    if net.get("private") and weights is None:
-        return Check(name, True, f"private (not in the release; sha256 {net['init_sha256']} in the card):"
+    name = f"weights {net.spec}"
+    if net.private and weights is None:
+        return Check(name, True, f"private (not in the release; sha256 {net.init_sha256} in the card):"
                                  " pass --authorized-weights PATH to check a copy")
     try:
         content = read_weights(folder, net, weights)
     except UgeError as e:
         return Check(name, False, str(e))
     problems = weight_problems(net, content, str(weights) if weights is not None else None)
-    if not net.get("private") and net.get("weights"):
-        sidecar = net["weights"].removesuffix(".safetensors") + ".json"
+    if not net.private and net.weights:
+        sidecar = net.weights.removesuffix(".safetensors") + ".json"
         if release_path(folder, sidecar).is_file():
             try:
                 declared = json.loads(release_path(folder, sidecar).read_text()).get("init_sha256")
             except (ValueError, AttributeError):
                 declared = "unreadable"
-            if declared != net["init_sha256"]:
-                problems.append(f"{sidecar} declares init_sha256 {declared}, the card {net['init_sha256']}")
+            if declared != net.init_sha256:
+                problems.append(f"{sidecar} declares init_sha256 {declared}, the card {net.init_sha256}")
     if problems:
         return Check(name, False, "; ".join(problems))
-    where = str(weights) if weights is not None else (net["weights"] or "the public init")
-    return Check(name, True, f"{where} sha256 {net['init_sha256']} = card = {net['spec']} rebuilt here")
+    where = str(weights) if weights is not None else (net.weights or "the public init")
+    return Check(name, True, f"{where} sha256 {net.init_sha256} = card = {net.spec} rebuilt here")
 
 
 def _check_no_key_material(folder: Path) -> Check:
@@ -328,7 +281,7 @@ def _iter_rows(paths: list[Path], columns: list[str]):
                 row += 1
 
 
-def _check_images(split: str, paths: list[Path], uge: dict, keep_pixels: bool) -> tuple[Check, tuple | None]:
+def _check_images(split: str, paths: list[Path], uge: UgeBlock, keep_pixels: bool) -> tuple[Check, tuple | None]:
     """Every image of a protected split is a PNG, RGB, at the card's image size.
 
     With `keep_pixels`, also returns (N x H x W x 3 uint8 pixels, "data/FILE row R" of each row).
@@ -336,8 +289,8 @@ def _check_images(split: str, paths: list[Path], uge: dict, keep_pixels: bool) -
     import PIL.Image
 
     name = f"images {split}"
-    height, width = uge["input"]["image_size"]
-    column = uge["columns"]["image"]
+    height, width = uge.image_size
+    column = uge.image_column
     if not paths:
         return Check(name, False, f"protected split {split} has no shards in data/"), None
     problems, pixels, origins, count = [], [], [], 0
@@ -387,7 +340,7 @@ def _label_names(values: list, feature) -> list[str]:
     return [str(v) for v in values]
 
 
-def _check_against_original(original: Any, uge: dict, files: dict[str, list[Path]], pixels: dict) -> list[Check]:
+def _check_against_original(original: Any, uge: UgeBlock, files: dict[str, list[Path]], pixels: dict) -> list[Check]:
     """Protected pixels within the bound of the source prepared as `protect` prepared it; labels row by row."""
     from .data import load_source, resolve_columns, to_tensors
 
@@ -395,10 +348,10 @@ def _check_against_original(original: Any, uge: dict, files: dict[str, list[Path
         source = load_source(original)
     except UgeError as e:
         return [Check("original", False, f"cannot load the original dataset: {e}")]
-    image_column, label_column = uge["columns"]["image"], uge["columns"]["label"]
-    bound, size = uge["pixel_bound"], tuple(uge["input"]["image_size"])
+    image_column, label_column = uge.image_column, uge.label_column
+    bound, size = uge.pixel_bound, uge.image_size
     checks = []
-    for split in uge["protected_splits"]:
+    for split in uge.protected_splits:
         name = f"pixels {split}"
         if split not in source:
             checks.append(Check(name, False, f"the original has no split {split} (it has {', '.join(source)})"))
@@ -409,7 +362,7 @@ def _check_against_original(original: Any, uge: dict, files: dict[str, list[Path
         released, origins = pixels[split]
         try:
             resolve_columns(source[split], image_column, label_column)
-            clean = to_tensors(source[split], image_column, label_column, size, uge["class_names"])
+            clean = to_tensors(source[split], image_column, label_column, size, uge.class_names)
         except UgeError as e:
             checks.append(Check(name, False, f"the original's split {split} cannot be prepared: {e}"))
             continue

@@ -10,6 +10,7 @@ from typing import Any
 from datasets import DatasetDict
 from torch import Tensor
 
+from ..card import AuthorizedEntry
 from ..config import ProtectConfig
 from ..data import ClassificationTensors
 
@@ -31,9 +32,11 @@ class MethodResult:
     """Protected images of every protected split, and what the release and its private folder must hold."""
 
     protected: dict[str, Tensor]  # split -> uint8 (N, 3, H, W), row-aligned with the source split
-    authorized: list[dict]  # the card's `uge.authorized` entries
-    card: dict[str, Any] = field(default_factory=dict)  # method-specific fields of the card's `uge:` block
-    results: dict[str, Any] = field(default_factory=dict)  # method-specific measurements for `uge.results`
+    authorized: list[AuthorizedEntry]  # the card's `uge.authorized` entries, in the config's order
+    # The method's own settings block(s) of the card (`UgeBlock.method_fields`, e.g. {"key": {...}}), and its own
+    # measurements (`Results.method_results`): written in this order, read back as they are.
+    card: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
     public_files: dict[str, bytes] = field(default_factory=dict)  # release-relative path -> bytes
     private_files: dict[str, bytes] = field(default_factory=dict)  # private-folder-relative path -> bytes (key material)
     # split -> column -> one value per row, added to that protected split (the lock method's `unlock` blobs)

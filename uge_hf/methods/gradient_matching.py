@@ -10,6 +10,7 @@ removes the work folder once the release is written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,15 +26,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..version import __version__
+from ..card import AuthorizedEntry
 from ..apply import protect_images, quantize_within_bound
 from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
-from ..data import ClassificationTensors, has_every_label, to_tensors
+from ..data import ClassificationTensors, held_out_split, to_tensors
 from ..encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from ..progress import is_main_process
-from ..layout import json_bytes
+from ..files import atomic_write, json_bytes, weights_bytes, weights_tensors
 from ..solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
-from ..specs import ModelSpec, build_model, init_state_bytes
-from ..training import INPUT_MEAN, INPUT_STD, accuracy, train_classifier
+from ..specs import ModelSpec, build_model
+from ..inputs import INPUT_MEAN, INPUT_STD
+from ..training import accuracy, train_classifier
 from ..trajectory import Trajectory, compute_trajectory
 from .base import MethodInput, MethodResult
 
@@ -95,11 +98,13 @@ def protect(inputs: MethodInput) -> MethodResult:
         for spec in config.authorized:
             entry, weights = _authorized_entry(spec, inits[spec], len(class_names))
             if config.publish_authorized:
-                result.authorized.append({**entry, "weights": f"authorized/{spec}.safetensors"})
+                entry = dataclasses.replace(entry, weights=f"authorized/{spec}.safetensors")
+                result.authorized.append(entry)
                 result.public_files[f"authorized/{spec}.safetensors"] = weights
                 result.public_files[f"authorized/{spec}.json"] = json_bytes(_weights_json(entry, config, clean))
             else:
-                result.authorized.append({**entry, "weights": None, "private": True})
+                entry = dataclasses.replace(entry, private=True)
+                result.authorized.append(entry)
                 result.private_files[f"authorized/{spec}/model.safetensors"] = weights
                 result.private_files[f"authorized/{spec}/config.json"] = json_bytes(
                     {**_weights_json(entry, config, clean), "method": "gradient-matching"})
@@ -113,9 +118,7 @@ def protect(inputs: MethodInput) -> MethodResult:
         result.results = _measure(config, clean, trajectories, encoder, ctx, splits, protected_fit, losses,
                                   inputs.image_column, inputs.label_column, accelerator.device)
         if config.release_generator:
-            from safetensors.torch import save
-
-            result.public_files["generator.safetensors"] = save({k: v.contiguous().cpu() for k, v in generator.state_dict().items()})
+            result.public_files["generator.safetensors"] = weights_bytes(generator)
     return result
 
 
@@ -161,9 +164,7 @@ class _Cache:
     def get(self, name: str, compute: Callable[[], T], save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
         path = self.work_dir / name
         if not path.exists() and self.accelerator.is_main_process:
-            partial = path.with_name(path.name + ".partial")
-            save(compute(), partial)
-            os.replace(partial, path)
+            atomic_write(path, lambda partial: save(compute(), partial))
         self.accelerator.wait_for_everyone()
         return load(path)
 
@@ -185,7 +186,7 @@ def _encoder(config: ProtectConfig, clean: ClassificationTensors, cache: _Cache,
     return cache.get(
         "surrogate.safetensors",
         fit,
-        lambda encoder, path: save_file({k: v.contiguous().cpu() for k, v in encoder.state_dict().items()}, str(path)),
+        lambda encoder, path: save_file(weights_tensors(encoder), str(path)),
         lambda path: SurrogateEncoder.from_state_dict(build_model(spec, num_classes), load_file(str(path))),
     )
 
@@ -210,8 +211,7 @@ def _apply(splits: DatasetDict, config: ProtectConfig, generator, clean: Classif
 
 def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losses, image_column, label_column, device) -> dict:
     """Cheap facts about the release (not the hacker evaluation, which trains networks: `uge-hf evaluate`)."""
-    test_name = next((name for name in ("test", "validation") if name in splits and name not in config.splits
-                      and config.keep_other_splits and has_every_label(splits[name], label_column)), None)
+    test_name = held_out_split(splits, config.splits, label_column) if config.keep_other_splits else None
     test = to_tensors(splits[test_name], image_column, label_column, clean.image_size, clean.class_names) if test_name else None
     nets = []
     for spec, trajectory in zip(config.authorized, trajectories):  # the declared spec: a private init stays private
@@ -230,8 +230,7 @@ def _measure(config, clean, trajectories, encoder, ctx, splits, protected, losse
             for i, chunk in zip(range(0, len(protected), 256), protected.split(256))
         ]
     return {
-        "authorized": nets,
-        "test_split": test_name,
+        "authorized": nets,  # accuracies on the card's `results.test_split`, this same split
         "feature_cosine": round(torch.cat(cosines).mean().item(), 4),
         "losses": losses,
     }
@@ -251,20 +250,20 @@ def _secret_init(spec_text: str) -> str:
     return str(dataclasses.replace(ModelSpec.parse(spec_text), seed=secrets.randbits(63)))
 
 
-def _authorized_entry(spec_text: str, init: str, num_classes: int) -> tuple[dict, bytes]:
+def _authorized_entry(spec_text: str, init: str, num_classes: int) -> tuple[AuthorizedEntry, bytes]:
     """What the card declares about one authorized network, and its initial weights (built from `init`).
 
     A private init (`init` != the declared spec) records no seed: the spec names the architecture only.
     """
-    spec = ModelSpec.parse(spec_text)
-    weights = init_state_bytes(build_model(init, num_classes))
-    entry = {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width,
-             "seed": spec.seed if init == spec_text else None,
-             "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest()}
+    weights = weights_bytes(build_model(init, num_classes))
+    entry = AuthorizedEntry.from_spec(spec_text, num_classes, hashlib.sha256(weights).hexdigest(),
+                                      secret_seed=init != spec_text)
     return entry, weights
 
 
-def _weights_json(entry: dict, config: ProtectConfig, clean: ClassificationTensors) -> dict:
-    """The sidecar of an authorized weights file: the card's entry, the input transform and the recipe."""
-    return {**entry, "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
+def _weights_json(entry: AuthorizedEntry, config: ProtectConfig, clean: ClassificationTensors) -> dict:
+    """The sidecar of an authorized weights file: the card's entry (less where the file is), the input transform and
+    the recipe."""
+    declared = {k: v for k, v in entry.to_dict().items() if k not in ("weights", "private")}
+    return {**declared, "input": {"image_size": list(clean.image_size), "mean": INPUT_MEAN, "std": INPUT_STD},
             "recipe": vars(config.recipe)}

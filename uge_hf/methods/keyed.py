@@ -8,18 +8,16 @@ card carries the sha256 of the authorized weights (key stage + backbone initiali
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
+from ..card import AuthorizedEntry
 from ..data import to_tensors
 from ..errors import UgeError
-from ..key import KeyGeometry, KeyStage, SecretKey, protect_keyed
-from ..keyfile import KEY_FILE, KEY_FORMAT, key_file_bytes, new_secret, read_key_file  # noqa: F401 (re-exported)
-from ..layout import json_bytes
+from ..authorized import authorized_weights
+from ..key import KEY_FILE, KeyGeometry, SecretKey, key_json, load_secret_key, new_secret, protect_keyed
+from ..files import json_bytes
 from ..progress import is_main_process, progress_bar
-from ..specs import ModelSpec, build_model
 from .base import MethodInput, MethodResult
 
 CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
@@ -93,44 +91,12 @@ def protect(inputs: MethodInput) -> MethodResult:
     result.private_files[KEY_FILE] = key_json(key)
     for spec in config.authorized:
         weights = authorized_weights(spec, stage, num_classes)
-        entry = _entry(spec, num_classes, weights)
+        entry = AuthorizedEntry.from_spec(spec, num_classes, hashlib.sha256(weights).hexdigest(), private=True,
+                                          input_stage="key")
         result.authorized.append(entry)
         result.private_files[f"authorized/{spec}/model.safetensors"] = weights
         result.private_files[f"authorized/{spec}/config.json"] = json_bytes({
-            **entry, "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
+            **entry.to_dict(), "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
             "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
         })
     return result
-
-
-def _entry(spec_text: str, num_classes: int, weights: bytes) -> dict:
-    spec = ModelSpec.parse(spec_text)
-    return {"spec": spec_text, "arch": spec.arch, "width": spec.resolved_width, "seed": spec.seed,
-            "num_classes": num_classes, "init_sha256": hashlib.sha256(weights).hexdigest(),
-            "weights": None, "private": True, "input_stage": "key"}
-
-
-def authorized_weights(spec: str, stage: KeyStage, num_classes: int) -> bytes:
-    """The authorized network's initial weights as one safetensors file: `key_stage.*` buffers + `backbone.*`."""
-    tensors = {f"key_stage.{k}": v.contiguous() for k, v in stage.state_dict().items()}
-    tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in build_model(spec, num_classes).state_dict().items()})
-    return save(tensors)
-
-
-def key_json(key: SecretKey) -> bytes:
-    """The key file: the secret (hex) and what S is made of. Whoever holds it is authorized."""
-    g = key.geometry
-    return key_file_bytes("keyed", key.secret, channels=g.channels, tile=g.tile, groups=g.groups, grain=g.grain,
-                          num_classes=key.num_classes)
-
-
-def load_secret_key(path: str | Path, num_classes: int | None = None) -> SecretKey:
-    """A `SecretKey` from a key file (`key.json`) or a private folder holding one; UgeError if it is not one."""
-    secret, data = read_key_file(path, "keyed")
-    try:
-        key = SecretKey(secret, KeyGeometry(data["channels"], data["tile"], data["groups"], data.get("grain", 1)), data["num_classes"])
-    except (KeyError, TypeError) as e:
-        raise UgeError(f"{path} is not a keyed key file (missing or bad field {e})") from None
-    if num_classes is not None and key.num_classes != num_classes:
-        raise UgeError(f"the key {path} was made for {key.num_classes} classes; this dataset has {num_classes}")
-    return key
