@@ -188,7 +188,8 @@ def run(protocol: Protocol, work_dir: Path, results_dir: Path, fresh: bool = Fal
     evaluate_config = release_evaluation(protocol)
     private = private_dir_for(release)
     private = private if private.is_dir() else None
-    evaluation = load_evaluation_data(release, data, evaluate_config, private, key=private if config.method == "lock" else None)
+    lock = config.method == "lock"  # its key unlocks; its network's init is public (no private weights)
+    evaluation = load_evaluation_data(release, data, evaluate_config, None if lock else private, key=private if lock else None)
     t = time.time()
     rows = run_protocol(evaluation, evaluate_config, trainer)
     timings["evaluate"] = time.time() - t

@@ -100,7 +100,8 @@ def test_the_release_writer_and_readers_do_not_pull_in_the_trainer():
     `authorized_training`, `evaluate` and the demo's generator do."""
     graph = import_graph()
     for module in ("uge_hf.release", "uge_hf.card", "uge_hf.layout", "uge_hf.verify", "uge_hf.fetch", "uge_hf.apply",
-                   "uge_hf.pipeline", "uge_hf.authorized", "uge_hf.hub", "uge_hf.demo.inspect_tab", "uge_hf.methods.keyed"):
+                   "uge_hf.pipeline", "uge_hf.authorized", "uge_hf.hub", "uge_hf.demo.inspect_tab", "uge_hf.methods.keyed",
+                   "uge_hf.methods.lock", "uge_hf.unlocking", "uge_hf.lock", "uge_hf.poisons"):
         assert not below(graph, module) & TRAINING, module
 
 

@@ -226,3 +226,18 @@ def test_lock_settings_are_checked_before_any_work(tmp_path):
     with pytest.raises(UgeError, match="only applies to the keyed and lock methods"):
         uge_hf.protect(source_splits(), output_dir=tmp_path / "b", method="gradient-matching", key_file="k.json")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_protect_lock_then_verify_with_the_key(tmp_path):
+    source = tmp_path / "source"
+    source_splits().save_to_disk(str(source))
+    runner = CliRunner()
+    out = tmp_path / "locked"
+    result = runner.invoke(app, ["protect", str(source), "--method", "lock", "--lock-poison", "texture+blocks",
+                                 "--authorized", "resnet18-w4-seed0", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rows that unlock to their source exactly" in result.output and "32 of 32" in result.output
+    assert read_uge_block(out)["lock"]["poison"] == "texture+blocks"
+    result = runner.invoke(app, ["verify", str(out), "--key", str(private_of(out)), "--original", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "unlock train: 32 rows unlock to the source images bit for bit" in result.output

@@ -22,7 +22,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 METHODS = ("gradient-matching", "keyed", "lock")  # uge_hf.methods holds one module each
 KEY_METHODS = ("keyed", "lock")  # methods whose authorization is a key file in the private folder
 # the lock method's poisons (`uge_hf.poisons` builds them; defined here so the CLI's choices need no torch)
-POISONS = ("texture", "blocks", "blocks-colour", "autoregressive", "texture+blocks")
+POISONS = ("texture", "texture-luma", "blocks", "blocks-colour", "autoregressive", "texture+blocks", "texture+autoregressive")
 
 
 def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple[str, ...] | None = None,
@@ -127,7 +127,7 @@ class KeyedSettings:
 class LockSettings:
     """The lock method's poison (`uge_hf.poisons`); the key holder undoes it exactly (`uge_hf.lock`).
 
-    Default chosen on a validation slice of CIFAR-10 train rows (`benchmarks/lock/sweep.py`,
+    Default chosen on a validation slice of CIFAR-10 train rows (`benchmarks/lock/poison_sweep.py`,
     `benchmarks/results/lock_sweep.md`).
     """
 

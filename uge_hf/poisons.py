@@ -8,6 +8,9 @@ the row indices (no surrogate network), so protecting is one pass over the image
 - `texture`: a class texture of `grain` x `grain` cells tiled with period `tile`, a +-1 code per cell and channel,
   times one sign per image (so a class's mean perturbation is ~0 and a linear classifier finds little): the keyed
   method's shortcut (benchmarks/results/keyed_sweep.md), here at the full bound and free to clip.
+- `texture-luma`: 4 x 4 cells with period 16, the same sign on R, G and B (16 code bits per class): a grey texture
+  that grayscale keeps and that JPEG's luminance channel keeps better than colour (chroma is subsampled and
+  quantised hardest).
 - `blocks`: 8 x 8 cells over a 32-pixel tile, the same sign on R, G and B: every 8 x 8 block's
   luminance moves by exactly +-bound. At the bound of 10 levels that is one quantisation step of JPEG's DC
   coefficient at quality 10 (8 * 10 = 80 = 16 * 5), which JPEG then keeps instead of averaging away.
@@ -15,7 +18,7 @@ the row indices (no surrogate network), so protecting is one pass over the image
 - `autoregressive`: a stable causal AR process per class over a 3 x 3 window and the three channels, started from
   per-image noise (Sandoval-Segura et al., "Autoregressive Perturbations for Data Poisoning", NeurIPS 2022); scaled
   per image to the bound (their L2 scaling replaced by the L-inf bound used here).
-- `texture+blocks`: half the bound each (a sum, so the bound holds).
+- `texture+blocks`, `texture+autoregressive`: half the bound each (a sum, so the bound holds).
 
 All randomness comes from the key: class codes and AR coefficients from `key_rng(secret, ...)`, per-image signs and
 AR seeds from SHAKE-256 of the key and the row index (independent of batching and sharding).
@@ -133,12 +136,18 @@ def poison(kind: str, secret: bytes, labels: Tensor, num_classes: int, shape: tu
     signs = image_signs(secret, first_row, len(labels)).view(-1, 1, 1, 1)
     if kind == "texture":
         return bound * cell_texture(secret, num_classes, shape, 8, 4, False, 0)[labels] * signs
+    if kind == "texture-luma":
+        return bound * cell_texture(secret, num_classes, shape, 16, 4, True, 3)[labels] * signs
     if kind in ("blocks", "blocks-colour"):
         return bound * cell_texture(secret, num_classes, shape, 32, 8, kind == "blocks", 1)[labels] * signs
     if kind == "texture+blocks":
         half = bound // 2
         return (half * cell_texture(secret, num_classes, shape, 8, 4, False, 0)[labels]
                 + (bound - half) * cell_texture(secret, num_classes, shape, 32, 8, True, 1)[labels]) * signs
+    if kind == "texture+autoregressive":
+        half = bound // 2
+        return (half * cell_texture(secret, num_classes, shape, 8, 4, False, 0)[labels] * signs
+                + ((bound - half) * autoregressive(secret, labels, shape, first_row)).round().to(torch.int16))
     return (bound * autoregressive(secret, labels, shape, first_row)).round().to(torch.int16)
 
 

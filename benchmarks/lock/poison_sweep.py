@@ -1,6 +1,6 @@
 """Design sweep of the lock method's poison on the validation slice (issue 15): the experiment behind its default.
 
-    python benchmarks/lock/sweep.py POISON [POISON ...]      # clean, texture, blocks, autoregressive, ...
+    python benchmarks/lock/poison_sweep.py POISON [POISON ...]      # clean, texture, blocks, autoregressive, ...
 
 Train rows 0-4,999 are poisoned (x_u = clip(x + delta), |delta| <= 10 levels); every network is scored on train
 rows 8,000-9,999 (never a test row). Recipe: 15 epochs, SGD 0.05 cosine, batch 128, crop+flip; one key and one
@@ -81,7 +81,7 @@ def write_table() -> None:
             clean.update({c: r[c] for c in COLUMNS if c in r})
     lines = ["# Lock poison sweep (validation slice: train rows 0-4,999 poisoned, scored on train rows 8,000-9,999)", "",
              "One key, one seed per cell; accuracy % (ratio to the same network and attack on clean rows).",
-             "`python benchmarks/lock/sweep.py POISON` made each row; bound 10 levels.", "",
+             "`python benchmarks/lock/poison_sweep.py POISON` made each row; bound 10 levels.", "",
              "| poison | mean abs (levels) | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for r in records:
         cells = []
@@ -92,7 +92,8 @@ def write_table() -> None:
                 cells.append(f"{r[c]} ({r[c] / clean[c]:.2f}x)")
             else:
                 cells.append(str(r[c]))
-        lines.append(f"| {r['poison']} | {r.get('mean_abs_levels', '')} | " + " | ".join(cells) + " |")
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"| {r['poison']}{note} | {r.get('mean_abs_levels') or ''} | " + " | ".join(cells) + " |")
     (RESULTS / "lock_sweep.md").write_text("\n".join(lines) + "\n")
 
 
