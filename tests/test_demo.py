@@ -165,6 +165,14 @@ def test_inspect_a_keyed_release_shows_the_method_and_no_public_key(keyed_releas
     assert "FAIL - no key material in the release" in checks and "card checks FAILED" in message
 
 
+def test_inspect_a_lock_release_shows_the_poison_and_no_public_key(lock_release):
+    summary, _, results, checks, message = demo.inspect_handler(str(lock_release))
+    assert message == "Release read: card checks passed, verify passed.", message
+    assert "**method**: lock" in summary and "not** public" in summary and "**poison**: texture" in summary
+    assert "PASS - no key material in the release" in checks
+    assert "unlock / rows_exact | 32" in results
+
+
 def test_inspect_flags_weights_that_do_not_match_the_card(release, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(release, tampered)

@@ -119,15 +119,21 @@ def summary_markdown(inspection: Inspection) -> str:
             f"{n.num_classes} classes; init sha256 `{n.init_sha256}`" for n in card.authorized]
     encoder = fields.get("encoder") or {}
     size = list(card.image_size)
-    keyed = card.method == "keyed"
+    keyed, lock = card.method == "keyed", card.method == "lock"
+    described = {
+        "keyed": " (the authorized network's secret key stage removes the perturbation; the key is **not** public: "
+                 "authorized weights come from the publisher, the card holds their sha256)",
+        "lock": " (the key holder unlocks the exact source images; the key is **not** public: it comes from the "
+                "publisher, the card holds its sha256; the `unlock` column is random bytes without it)",
+    }
     lines = [
         f"### {inspection.ref}",
         f"- **method**: {card.method}"
-        + (" (the authorized network's secret key stage removes the perturbation; the key is **not** public: "
-           "authorized weights come from the publisher, the card holds their sha256)" if keyed else
-           " (the paper's UGE; the authorized initial weights are public, in the release)"),
+        + described.get(card.method, " (the paper's UGE; the authorized initial weights are public, in the release)"),
         f"- **rho**: {card.rho} (every pixel within {card.pixel_bound} levels of its source)",
         (f"- **key**: {fields.get('key')}" if keyed else
+         f"- **poison**: {fields['lock'].get('poison')}; unlock data {card.results.method_results.get('unlock', {}).get('bytes_per_row')}"
+         " bytes per row" if lock else
          f"- **encoder**: {encoder.get('name')}" + (f" @ {encoder['revision']}" if encoder.get("revision") else "")),
         f"- **protected splits**: {', '.join(card.protected_splits)}; image size {size}; "
         f"{card.num_classes} classes; seed {card.seed}; uge-hf {card.uge_hf_version}",
@@ -135,6 +141,7 @@ def summary_markdown(inspection: Inspection) -> str:
         + (" (anyone can make (x, x_u) pairs with it and learn to undo the protection)" if fields.get("generator_released") else ""),
         "",
         ("**Authorized networks** (private: key stage + backbone, from the publisher)" if keyed else
+         "**The network the measurements used** (public init; the key holder may train any network)" if lock else
          "**Authorized networks** (train from `authorized/SPEC.safetensors` with the card's recipe)"),
         "",
         *nets,
