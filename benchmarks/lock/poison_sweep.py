@@ -1,6 +1,7 @@
 """Design sweep of the lock method's poison on the validation slice (issue 15): the experiment behind its default.
 
     python benchmarks/lock/poison_sweep.py POISON [POISON ...]      # clean, texture, blocks, autoregressive, ...
+    python benchmarks/lock/poison_sweep.py error-minimizing         # Huang et al. 2021 (error_minimizing.py here)
 
 Train rows 0-4,999 are poisoned (x_u = clip(x + delta), |delta| <= 10 levels); every network is scored on train
 rows 8,000-9,999 (never a test row). Recipe: 15 epochs, SGD 0.05 cosine, batch 128, crop+flip; one key and one
@@ -20,6 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "keyed"))
+sys.path.insert(1, str(HERE))
 
 from sweep import cached_train, rows  # noqa: E402  (the keyed sweep's cache and rows: one validation slice)
 
@@ -49,7 +51,12 @@ def main() -> None:
         images = train.images
         if name != "clean":
             t = time.time()
-            delta = poison(name, SWEEP_KEY, train.labels, 10, tuple(train.images.shape[1:]), BOUND)
+            if name == "error-minimizing":  # trains a surrogate: measured here before any library poison
+                from error_minimizing import error_minimizing
+
+                delta = error_minimizing(train.images, train.labels, 10, BOUND)
+            else:
+                delta = poison(name, SWEEP_KEY, train.labels, 10, tuple(train.images.shape[1:]), BOUND)
             images = apply_poison(train.images, delta)
             diff = images.float() - train.images.float()
             record.update(protect_seconds=round(time.time() - t, 2), mean_abs_levels=round(diff.abs().mean().item(), 3),
