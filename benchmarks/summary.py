@@ -6,7 +6,8 @@ Reads `benchmarks/results/{prefix}*.json` (written by cifar10_cpu.py) and writes
 per variant, a column per network and scheme, each cell the clean-test accuracy (%) of that network trained on
 the variant's release (Normal training unless the column names the scheme); the "Original" row is the same network
 trained on the clean rows. A cell is empty when the variant did not train that network (ablations train fewer).
-The keyed method's authorized network (its backbone behind the key stage) has a column of its own.
+The keyed method's authorized network (its backbone behind the key stage) has a column of its own; the lock method's
+(trained on the unlocked images) too.
 """
 
 from __future__ import annotations
@@ -39,16 +40,17 @@ def method_of(payload: dict) -> str:
 
 def column_of(row: dict, method: str) -> tuple[str, str]:
     """A row's column: (network, scheme); the keyed authorized network (behind its key) is not the plain one."""
-    keyed = method == "keyed" and row["role"] == "authorized"
-    return (row["network"] + (" behind its key" if keyed else ""), row["scheme"])
+    authorized = row["role"] == "authorized"
+    suffix = {"keyed": " behind its key", "lock": " unlocked"}.get(method, "") if authorized else ""
+    return (row["network"] + suffix, row["scheme"])
 
 
 def summary(payloads: dict[str, dict], prefix: str = "cifar10_cpu") -> str:
-    """Rows in the paper's order: every solver with all three losses, then each ablation; then the keyed method."""
+    """Rows in the paper's order: every solver with all three losses, then each ablation; then the keyed and lock methods."""
     def order(item):
         name, solver, method = item
-        if method == "keyed":
-            return (len(PAPER_NAMES), 0)
+        if method in ("keyed", "lock"):
+            return (len(PAPER_NAMES), method)
         return (list(PAPER_NAMES).index(ablation_of(name, solver, prefix)), SOLVERS.index(solver))
 
     variants = sorted(((name, payload["protocol"]["protect"].get("solver", "generator"), method_of(payload))
@@ -77,6 +79,9 @@ def summary(payloads: dict[str, dict], prefix: str = "cifar10_cpu") -> str:
             key = payload.get("release_key") or vars(ProtectConfig(**payload["protocol"]["protect"]).keyed)
             pull = key.get("pull_levels", key.get("pull"))
             label, how, losses = "Keyed", f"tile {key['tile']}, grain {key['grain']}, {key['groups']} groups, signs {key['signs']}, pull {pull}", "-"
+        elif method == "lock":
+            lock = payload.get("release_lock") or vars(ProtectConfig(**payload["protocol"]["protect"]).lock)
+            label, how, losses = "Lock", f"poison {lock['poison']}", "-"
         else:
             label, how, losses = PAPER_NAMES[ablation_of(name, solver, prefix)], solver, loss_terms(payload["protocol"]["protect"])
         lines.append(f"| {label} | {method} | {how} | {losses} | " + " | ".join(cells) + f" | {minutes:.1f} | `{name}` |")

@@ -22,7 +22,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 METHODS = ("gradient-matching", "keyed", "lock")  # uge_hf.methods holds one module each
 KEY_METHODS = ("keyed", "lock")  # methods whose authorization is a key file in the private folder
 # the lock method's poisons (`uge_hf.poisons` builds them; defined here so the CLI's choices need no torch)
-POISONS = ("texture", "texture-luma", "blocks", "blocks-colour", "autoregressive", "texture+blocks", "texture+autoregressive")
+POISONS = ("texture", "texture-grey-apart", "texture-luma", "blocks", "blocks-colour", "autoregressive", "texture+blocks", "texture+autoregressive")
 
 
 def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple[str, ...] | None = None,

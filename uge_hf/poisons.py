@@ -8,6 +8,8 @@ the row indices (no surrogate network), so protecting is one pass over the image
 - `texture`: a class texture of `grain` x `grain` cells tiled with period `tile`, a +-1 code per cell and channel,
   times one sign per image (so a class's mean perturbation is ~0 and a linear classifier finds little): the keyed
   method's shortcut (benchmarks/results/keyed_sweep.md), here at the full bound and free to clip.
+- `texture-grey-apart`: `texture` with class codes chosen so that their grey (luminance) versions are also far
+  apart up to sign (`luminance_separated_texture`), for hackers who train on grayscale copies.
 - `texture-luma`: 4 x 4 cells with period 16, the same sign on R, G and B (16 code bits per class): a grey texture
   that grayscale keeps and that JPEG's luminance channel keeps better than colour (chroma is subsampled and
   quantised hardest).
@@ -80,6 +82,34 @@ def cell_texture(secret: bytes, num_classes: int, shape: tuple[int, int, int], t
     return cells.repeat(1, 1, *reps)[:, :, :height, :width].contiguous()
 
 
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as `uge_hf.attacks.grayscale` converts
+
+
+def luminance_separated_texture(secret: bytes, num_classes: int, shape: tuple[int, int, int], tile: int, grain: int,
+                                stream: int, draws: int = 256) -> Tensor:
+    """`cell_texture` (colour) whose classes also stay apart in luminance, up to sign: (num_classes, C, H, W) int16.
+
+    Of `draws` code sets (each `separated_codes`), the one whose closest two classes' luminance maps (codes weighted
+    by LUMA per cell) are farthest apart, up to the image's sign: a grayscale copy of the release keeps a class
+    signal instead of collapsing colour codes onto few grey ones.
+    """
+    channels, height, width = shape
+    side = tile // grain
+    rng = key_rng(secret, 2, stream)
+    best, best_gap = None, -1.0
+    for _ in range(draws):
+        codes = separated_codes(rng, num_classes, channels * side * side).reshape(num_classes, channels, side, side)
+        luma = np.tensordot(LUMA[:channels], codes, axes=([0], [1])).reshape(num_classes, -1) if channels == 3 else \
+            codes.reshape(num_classes, -1).astype(float)
+        gaps = np.minimum(np.linalg.norm(luma[:, None] - luma[None], axis=-1), np.linalg.norm(luma[:, None] + luma[None], axis=-1))
+        gap = (gaps + np.eye(num_classes) * 1e9).min()
+        if gap > best_gap:
+            best, best_gap = codes, gap
+    cells = torch.from_numpy(best.astype(np.int16)).repeat_interleave(grain, 2).repeat_interleave(grain, 3)
+    reps = (-(-height // tile), -(-width // tile))
+    return cells.repeat(1, 1, *reps)[:, :, :height, :width].contiguous()
+
+
 def ar_coefficients(secret: bytes, num_classes: int, channels: int) -> Tensor:
     """Per class and output channel, causal AR weights over a 3 x 3 window of every channel: (K, C, C, 3, 3) float64.
 
@@ -136,6 +166,8 @@ def poison(kind: str, secret: bytes, labels: Tensor, num_classes: int, shape: tu
     signs = image_signs(secret, first_row, len(labels)).view(-1, 1, 1, 1)
     if kind == "texture":
         return bound * cell_texture(secret, num_classes, shape, 8, 4, False, 0)[labels] * signs
+    if kind == "texture-grey-apart":
+        return bound * luminance_separated_texture(secret, num_classes, shape, 8, 4, 4)[labels] * signs
     if kind == "texture-luma":
         return bound * cell_texture(secret, num_classes, shape, 16, 4, True, 3)[labels] * signs
     if kind in ("blocks", "blocks-colour"):
