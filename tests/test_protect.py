@@ -318,6 +318,7 @@ def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
             (source / split / CLASS_NAMES[row["category"]]).mkdir(parents=True, exist_ok=True)
             row["picture"].save(source / split / CLASS_NAMES[row["category"]] / f"{i:02d}.png")
             pixels.setdefault(split, {})[f"{i:02d}.png"] = np.asarray(row["picture"])
+    (source / "README.md").write_text("---\nlicense: mit\n---\nMy images.\n")
     output = tmp_path / "release"
     uge_hf.protect(str(source), output_dir=output, **TINY_OPTIONS)
     shutil.rmtree(source)
@@ -326,7 +327,8 @@ def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
         if path.is_file():
             assert str(tmp_path).encode() not in path.read_bytes(), path
     card = DatasetCard.load(output / "README.md")
-    assert card.data.pretty_name.startswith("my-images (ungeneralizable") and "copy of `my-images`" in card.text
+    assert card.data.pretty_name == "my-images (ungeneralizable)" and "copy of `my-images`" in card.text
+    assert card.data.license == "mit" and card.data.source_datasets is None  # the source's license is kept
     loaded = load_dataset(str(output))
     assert loaded["train"].num_rows == 16 and loaded["test"].num_rows == 6
     for split in ("train", "test"):

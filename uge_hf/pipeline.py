@@ -21,7 +21,7 @@ from .version import __version__
 from .apply import perturbation_stats, preview_grid
 from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, UgeBlock
 from .config import KEY_METHODS, ProtectConfig
-from .data import held_out_split, load_source, resolve_columns, source_label, to_pil_images, to_tensors
+from .data import held_out_split, load_source, resolve_columns, source_metadata, to_pil_images, to_tensors
 from .errors import UgeError
 from .files import json_bytes, portable
 from .methods import MethodInput, MethodResult, get_method
@@ -75,7 +75,7 @@ def protect(
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
     splits = load_source(dataset)
-    source_name = source_label(dataset)
+    source = source_metadata(dataset, splits)
     missing = [split for split in config.splits if split not in splits]
     if missing:
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
@@ -100,7 +100,7 @@ def protect(
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
             with write_private(private, result.private_files):
-                output = write_release(output, released, card, source_name, files, preview, config.num_shards,
+                output = write_release(output, released, card, source, files, preview, config.num_shards,
                                        overwrite, original=splits)
         outcome = ProtectResult(released, card, output, written.resolve() if written is not None else None)
     result.barrier()
