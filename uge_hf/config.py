@@ -180,7 +180,10 @@ class ProtectConfig:
     image_column: str | None = knob(None, "image column; None: the column with an Image feature")
     label_column: str | None = knob(None, "label column; None: the ClassLabel column (or one named like label)")
     image_size: int | None = knob(None, "square training resolution; None: the most common image size, unchanged")
-    mixed_precision: str = knob("no", "Accelerate's mixed precision for G's training", choices=MIXED_PRECISION)
+    mixed_precision: str | None = knob(None, "gradient-matching: Accelerate's mixed precision for G's training; None:"
+                                       " Accelerate's own configuration (ACCELERATE_MIXED_PRECISION, set by `accelerate"
+                                       " launch`, else `accelerate config`'s default file, else no); the card records"
+                                       " the value used", choices=MIXED_PRECISION)
     checkpoint_every: int = knob(200, "G's training state is saved every this many steps (for resume)")
     release_generator: bool = knob(False, "ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it")
     publish_authorized: bool = knob(False, "gradient-matching: publish the authorized init weights in the release"
@@ -223,7 +226,7 @@ class ProtectConfig:
                 raise UgeError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lambda_gm == self.lambda_fd == self.lambda_ud == 0:
             raise UgeError("every loss weight is 0, so there is nothing to optimise: set lambda_gm, lambda_fd or lambda_ud > 0")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise UgeError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.image_size is not None and self.image_size < 16:
             raise UgeError(f"image_size must be >= 16 pixels, got {self.image_size}")

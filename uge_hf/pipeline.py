@@ -7,6 +7,7 @@ The method computes the protected images and what the card and the private folde
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -90,6 +91,8 @@ def protect(
     result = get_method(config.method).protect(inputs)
 
     outcome = None
+    if result.resolved:  # what the run actually used, for the card and uge_config.json
+        config = dataclasses.replace(config, **result.resolved)
     if is_main_process():
         released = _released_splits(splits, config, result.protected, image_column, result.columns)
         card = _card_block(config, inputs, result, splits)

@@ -42,4 +42,7 @@ class MethodResult:
     # split -> column -> one value per row, added to that protected split (the lock method's `unlock` blobs)
     columns: dict[str, dict[str, list]] = field(default_factory=dict)
     work_dir: Path | None = None  # the method's cache, removed once the release is written
+    # config fields the method resolved at run time (gradient-matching: `mixed_precision` None -> Accelerate's
+    # configured value): the card's `config` and uge_config.json record these, not the None that was given
+    resolved: dict[str, Any] = field(default_factory=dict)
     barrier: Callable[[], None] = lambda: None  # waits for every process of a multi-process run
