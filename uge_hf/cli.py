@@ -35,8 +35,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars at all (uge-hf's, datasets' and"
+                                              " huggingface_hub's); the same as UGE_HF_NO_PROGRESS=1")] = False,
 ) -> None:
     """Ungeneralizable examples for Hugging Face datasets: protect, evaluate, verify, push, demo."""
+    if no_progress:
+        import os
+
+        from .progress import NO_PROGRESS_ENV
+
+        # the environment, not a global: the library reads it at each call, and processes this one starts inherit it
+        os.environ[NO_PROGRESS_ENV] = "1"
 
 
 def _user_errors(command):

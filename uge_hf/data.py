@@ -25,6 +25,7 @@ from rich.progress import track
 
 from uge_hf.errors import UgeError
 from uge_hf.fetch import HUB_ID
+from uge_hf.progress import progress_enabled
 
 # Conventional label column names, most preferred first.
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label", "coarse_label")
@@ -354,7 +355,7 @@ def to_tensors(
         _raw_images(ds, image_column),
         total=len(ds),
         description="Decoding images",
-        disable=not progress,
+        disable=not (progress and progress_enabled()),
         console=Console(stderr=True),
     )
     for row, value in rows:

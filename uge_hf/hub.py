@@ -17,6 +17,7 @@ from huggingface_hub import constants
 from .version import __version__
 from .errors import UgeError
 from .fetch import first_line as _first_line, offline
+from .progress import library_bars
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -74,6 +75,7 @@ def release_files(folder: str | os.PathLike) -> dict[str, Path]:
     return files
 
 
+@library_bars()
 def push_release(
     folder: str | os.PathLike,
     repo_id: str,

@@ -27,12 +27,13 @@ from .errors import UgeError
 from .files import json_bytes, portable
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
-from .progress import is_main_process
+from .progress import is_main_process, library_bars
 from .release import check_output_dir, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 
 
+@library_bars()
 def protect(
     dataset: str | os.PathLike | Dataset | DatasetDict,
     authorized: str | list[str] | None = None,
