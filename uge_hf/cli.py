@@ -316,7 +316,10 @@ def _push_and_report(folder: Path, repo_id: str, **options) -> None:
     from .hub import push_release
 
     info = push_release(folder, repo_id, **options)
-    typer.echo(f"published {folder} to {repo_id} in one commit: {info.commit_url}")
+    if info.pr_url is not None:  # a release of many files: several commits, merged onto main in one step
+        typer.echo(f"published {folder} to {repo_id} through pull request #{info.pr_num}, merged: {info.pr_url}")
+    else:
+        typer.echo(f"published {folder} to {repo_id} in one commit: {info.commit_url}")
 
 
 @app.command()
@@ -330,7 +333,8 @@ def push(
     token: Annotated[Optional[str], typer.Option(help="Hub token with write access (default: HF_TOKEN or `hf auth login`)")] = None,
     force: Annotated[bool, typer.Option(help="Replace a repo whose files are not a uge-hf release")] = False,
 ) -> None:
-    """Verify FOLDER, then publish it byte for byte to the dataset repo REPO_ID as one commit."""
+    """Verify FOLDER, then publish it byte for byte to the dataset repo REPO_ID as one commit (over 100 files: a
+    pull request of several commits, merged onto main in one step)."""
     _push_and_report(folder, repo_id, private=private or None, revision=revision, commit_message=message,
                      token=token, force=force)
 
