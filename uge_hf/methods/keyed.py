@@ -19,9 +19,8 @@ from ..key import KEY_FILE, KeyGeometry, SecretKey, key_json, load_secret_key, n
 from ..config import ProtectConfig
 from ..files import json_bytes
 from ..progress import is_main_process, progress_bar
-from .base import MethodInput, MethodResult
+from .base import MethodInput, MethodResult, chunk_rows
 
-CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
 # K(x_u) - K(T(x)) is exactly 0 in integer arithmetic; in float64 the projection leaves ~1e-12 levels.
 INVARIANCE_TOLERANCE_LEVELS = 1e-6
 
@@ -64,9 +63,10 @@ def protect(inputs: MethodInput) -> MethodResult:
         )
         chunks = []
         with progress_bar(f"protecting {name}", total=len(tensors.images)) as advance:
-            for start in range(0, len(tensors.images), CHUNK_ROWS):
+            rows = chunk_rows(tuple(tensors.images.shape[2:]))  # bounds memory; the bytes do not depend on it
+            for start in range(0, len(tensors.images), rows):
                 out = protect_keyed(
-                    tensors.images[start : start + CHUNK_ROWS], tensors.labels[start : start + CHUNK_ROWS], key,
+                    tensors.images[start : start + rows], tensors.labels[start : start + rows], key,
                     config.pixel_bound, first_row=start, signs=settings.signs, amplitude=settings.amplitude,
                     pull=settings.pull, stage=stage,
                 )
