@@ -1,6 +1,6 @@
 """How protect() scales with the number of rows (issue 14, items 1-3): wall time, rows/s and peak RSS per size.
 
-    python benchmarks/scale.py [--rows 10000 100000] [--size 224] [--method keyed] [--work-dir DIR]
+    python benchmarks/scale.py [--rows 10000 100000] [--size 224] [--method keyed] [--shard-rows N] [--work-dir DIR]
 
 For each row count, a synthetic image-classification dataset (10 classes, smooth images at SIZE x SIZE, PNG, made on
 the fly and kept in the work folder as parquet shards) is protected end to end by `uge_hf.protect` in a fresh
@@ -10,7 +10,9 @@ Writes benchmarks/results/scale.{json,md}.
 The target (issue 14): peak RSS flat when rows grow 10x (<= 1.5x). Today's writer holds a split in memory as uint8
 tensors (the source and the protected copy, 2 x rows x 3 x SIZE^2 bytes, plus the encoded split), so RSS grows with
 rows; a size whose estimate (protect()'s own, `validate.BYTES_PER_PIXEL`) exceeds 80% of the memory available is
-skipped and reported (protect() itself refuses it up front when it exceeds the machine's memory). `--processes` is for the streaming writer (split_dataset_by_node ranks), not written yet.
+skipped and reported (protect() itself refuses it up front when it exceeds the machine's memory).
+`--shard-rows N` measures the keyed method's shard-by-shard writer (`ProtectConfig.shard_rows`) instead, whose
+memory is one shard's.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _png(pixels) -> bytes:
     return buffer.getvalue()
 
 
-def child(rows: int, size: int, method: str, work: Path) -> dict:
+def child(rows: int, size: int, method: str, work: Path, shard_rows: int | None = None) -> dict:
     """One measurement, in this (fresh) process: protect the synthetic set of `rows` rows, report time and RSS."""
     import uge_hf
 
@@ -81,12 +83,13 @@ def child(rows: int, size: int, method: str, work: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     output = work / f"release-{rows}-{size}"
     start = time.perf_counter()
-    uge_hf.protect(str(source), output_dir=output, method=method, authorized="resnet18-w16-seed0", overwrite=True)
+    uge_hf.protect(str(source), output_dir=output, method=method, authorized="resnet18-w16-seed0", overwrite=True,
+                   shard_rows=shard_rows)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(output.parent / f"{output.name}.private", ignore_errors=True)
-    return {"rows": rows, "size": size, "method": method, "seconds": round(seconds, 1),
+    return {"rows": rows, "size": size, "method": method, "shard_rows": shard_rows, "seconds": round(seconds, 1),
             "rows_per_s": round(rows / seconds, 1), "peak_rss_mib": round(peak / 1024),
             "rss_before_protect_mib": round(before / 1024)}
 
@@ -113,17 +116,19 @@ def main() -> None:
     parser.add_argument("--method", default="keyed", choices=["keyed", "lock"])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/uge-scale"))
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--shard-rows", type=int, help="the shard-by-shard writer (keyed), this many rows per shard;"
+                        " default: today's in-memory writer")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.size, args.method, args.work_dir)))
+        print(json.dumps(child(args.child, args.size, args.method, args.work_dir, args.shard_rows)))
         return
 
     runs = []
     for rows in args.rows:
-        need, have = estimated_gib(rows, args.size), available_gib()
+        need, have = estimated_gib(min(rows, args.shard_rows or rows), args.size), available_gib()
         if need > 0.8 * have:
             runs.append({"rows": rows, "size": args.size, "method": args.method,
                          "skipped": f"protect() estimates ~{need:.0f} GiB for today's in-memory writer,"
@@ -131,7 +136,7 @@ def main() -> None:
             print(runs[-1], flush=True)
             continue
         command = [sys.executable, __file__, "--child", str(rows), "--size", str(args.size), "--method", args.method,
-                   "--work-dir", str(args.work_dir)]
+                   "--work-dir", str(args.work_dir), *(["--shard-rows", str(args.shard_rows)] if args.shard_rows else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"the run of {rows} rows failed:\n{done.stderr[-3000:]}")
@@ -144,9 +149,10 @@ def main() -> None:
                "target": "peak RSS <= 1.5x when rows grow 10x", "cpus": os.cpu_count(),
                "machine": platform.platform(), "python": platform.python_version()}
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    name = f"scale_{args.method}_{args.size}px"
+    name = f"scale_{args.method}_{args.size}px" + (f"_shards{args.shard_rows}" if args.shard_rows else "")
     (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# protect() at scale: {args.method}, {args.size}x{args.size} synthetic images", "",
+    writer = f"shard by shard, {args.shard_rows} rows per shard" if args.shard_rows else "each split in memory"
+    lines = [f"# protect() at scale: {args.method}, {args.size}x{args.size} synthetic images, {writer}", "",
              "| rows | seconds | rows/s | peak RSS (MiB) |", "|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['rows']} | " + (f"{r['seconds']} | {r['rows_per_s']} | {r['peak_rss_mib']} |"

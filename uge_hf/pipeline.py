@@ -68,6 +68,8 @@ def protect(
             values["authorized"] = authorized
         config = ProtectConfig.from_dict(values)
 
+    if output_dir is None and config.shard_rows is not None:
+        raise UgeError("shard_rows writes the release shard by shard: give an output folder")
     if output_dir is None and config.method in KEY_METHODS and config.key_file is None:
         raise UgeError(f"the {config.method} method needs an output folder: its key is written to OUTPUT.private/"
                        " beside it (or pass key_file= to protect with an existing key)")
@@ -85,6 +87,12 @@ def protect(
     fit_split = splits[config.splits[0]]
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
     class_names, image_size = validate_splits(splits, config, image_column, label_column)
+    if config.shard_rows is not None:  # the keyed method, shard by shard: no split is held in memory
+        from .sharded import protect_sharded
+
+        done = protect_sharded(splits, config, image_column, label_column, class_names, image_size, output, private,
+                               source)
+        return ProtectResult(*done) if done is not None else None
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
     work_dir = output.parent / f"{output.name}.uge-work" if output is not None else None
