@@ -77,8 +77,11 @@ def _png(pixels) -> bytes:
 
 def child(rows: int, size: int, method: str, work: Path, shard_rows: int | None = None) -> dict:
     """One measurement, in this (fresh) process: protect the synthetic set of `rows` rows, report time and RSS."""
+    import datasets.utils
+
     import uge_hf
 
+    datasets.utils.disable_progress_bars()  # making the source is not what is measured
     source = synthetic_source(work / f"source-{rows}-{size}", rows, size)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     output = work / f"release-{rows}-{size}"
@@ -138,6 +141,11 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", str(rows), "--size", str(args.size), "--method", args.method,
                    "--work-dir", str(args.work_dir), *(["--shard-rows", str(args.shard_rows)] if args.shard_rows else [])]
         done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode < 0:  # killed by a signal: SIGKILL here is the out-of-memory killer
+            runs.append({"rows": rows, "size": args.size, "method": args.method,
+                         "skipped": f"killed by signal {-done.returncode} (9: out of memory) while protecting"})
+            print(runs[-1], flush=True)
+            continue
         if done.returncode != 0:
             raise SystemExit(f"the run of {rows} rows failed:\n{done.stderr[-3000:]}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))

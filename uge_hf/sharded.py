@@ -52,9 +52,8 @@ def protect_sharded(splits: DatasetDict, config: ProtectConfig, image_column: st
     other ranks. Raises UgeError when a written shard fails its re-check against its source rows (nothing is moved
     into place).
     """
-    from .methods.keyed import INVARIANCE_TOLERANCE_LEVELS, key_block, key_outputs, run_key
-
     from .methods.base import chunk_rows
+    from .methods.keyed import INVARIANCE_TOLERANCE_LEVELS, key_block, key_outputs, run_key
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     work = output.parent / f"{output.name}.uge-work"
@@ -201,18 +200,16 @@ def _write_shard(part: Dataset, name: str, index: int, count: int, start: int, p
     The written file is read back and checked against the source rows (every pixel within the bound, every label
     unchanged) before it counts: a UgeError otherwise, and the shard is not kept.
     """
+    from .methods.keyed import INVARIANCE_TOLERANCE_LEVELS
+
     stats = {"rows": part.num_rows}
     if protect:
         source = to_tensors(part, image_column, label_column, image_size, class_names)
-        chunks = []
-        invariance, amplitude = 0.0, 0.0
-        over = 0
+        chunks, invariance, amplitude, over = [], 0.0, 0.0, 0
         for first in range(0, part.num_rows, rows_per_chunk):
             out = protect_keyed(source.images[first:first + rows_per_chunk], source.labels[first:first + rows_per_chunk],
                                 key, config.pixel_bound, first_row=start + first, signs=config.keyed.signs,
                                 amplitude=config.keyed.amplitude, pull=config.keyed.pull, stage=stage)
-            from .methods.keyed import INVARIANCE_TOLERANCE_LEVELS
-
             chunks.append(out.images)
             invariance = max(invariance, float(out.invariance_levels.max()))
             over += int((out.invariance_levels > INVARIANCE_TOLERANCE_LEVELS).sum())
