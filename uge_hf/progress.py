@@ -35,6 +35,14 @@ def library_bars() -> Iterator[None]:
     if progress_enabled():
         yield
         return
+    with quiet_libraries():
+        yield
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """For the duration: `datasets`' and `huggingface_hub`'s progress bars off, then restored as they were; for
+    steps that one of uge-hf's own bars already shows (a shard's map and parquet writing)."""
     import datasets.utils
     import huggingface_hub.utils
 

@@ -36,7 +36,7 @@ from .files import atomic_write, json_bytes, portable
 from .inputs import INPUT_MEAN, INPUT_STD
 from .key import SecretKey, key_json, load_secret_key, protect_keyed
 from .private import write_private
-from .progress import progress_bar
+from .progress import progress_bar, quiet_libraries
 from .release import standalone
 from .version import __version__
 
@@ -78,9 +78,10 @@ def protect_sharded(splits: DatasetDict, config: ProtectConfig, image_column: st
             stats_path = stats_dir / f"{name}-{index:05d}.json"
             fingerprint = _rows_sha256(part)
             if not (stats_path.is_file() and json.loads(stats_path.read_text()).get("source_sha256") == fingerprint):
-                stats = _write_shard(part, name, index, count, start, name in config.splits, features, staging,
-                                     config, key, stage, image_column, label_column, class_names, image_size,
-                                     chunk_rows(image_size))
+                with quiet_libraries():  # one bar per shard, the one above, not datasets' per map and file
+                    stats = _write_shard(part, name, index, count, start, name in config.splits, features, staging,
+                                         config, key, stage, image_column, label_column, class_names, image_size,
+                                         chunk_rows(image_size))
                 stats["source_sha256"] = fingerprint
                 atomic_write(stats_path, lambda partial, stats=stats: partial.write_text(json.dumps(stats)))
             advance()
