@@ -207,19 +207,23 @@ def _write_shard(part: Dataset, name: str, index: int, count: int, start: int, p
     if protect:
         source = to_tensors(part, image_column, label_column, image_size, class_names)
         chunks, invariance, amplitude, over = [], 0.0, 0.0, 0
+        sum_abs = sum_squares = linf = 0
         for first in range(0, part.num_rows, rows_per_chunk):
-            out = protect_keyed(source.images[first:first + rows_per_chunk], source.labels[first:first + rows_per_chunk],
-                                key, config.pixel_bound, first_row=start + first, signs=config.keyed.signs,
-                                amplitude=config.keyed.amplitude, pull=config.keyed.pull, stage=stage)
+            images = source.images[first:first + rows_per_chunk]
+            out = protect_keyed(images, source.labels[first:first + rows_per_chunk], key, config.pixel_bound,
+                                first_row=start + first, signs=config.keyed.signs, amplitude=config.keyed.amplitude,
+                                pull=config.keyed.pull, stage=stage)
             chunks.append(out.images)
             invariance = max(invariance, float(out.invariance_levels.max()))
             over += int((out.invariance_levels > INVARIANCE_TOLERANCE_LEVELS).sum())
             amplitude += out.mean_amplitude * len(out.images)
+            diff = out.images.int() - images.int()  # per chunk, in integers: exact sums, a chunk's memory
+            sum_abs += int(diff.abs().sum())
+            sum_squares += int(diff.pow(2).sum())
+            linf = max(linf, int(diff.abs().max()))
         protected = torch.cat(chunks)
-        diff = protected.float() - source.images.float()
-        stats.update(values=diff.numel(), sum_abs=float(diff.abs().sum()), sum_squares=float(diff.pow(2).sum()),
-                     linf_levels=float(diff.abs().max()), invariance_max_levels=invariance,
-                     images_over_tolerance=over, amplitude_sum=amplitude)
+        stats.update(values=protected.numel(), sum_abs=sum_abs, sum_squares=sum_squares, linf_levels=float(linf),
+                     invariance_max_levels=invariance, images_over_tolerance=over, amplitude_sum=amplitude)
         images = protected
 
         def replace(batch: dict, indices: list[int]) -> dict:
