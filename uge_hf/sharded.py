@@ -141,10 +141,14 @@ def protect_sharded(splits: DatasetDict, config: ProtectConfig, image_column: st
         else:
             os.replace(staging, output)
     shutil.rmtree(work, ignore_errors=True)
-    from .layout import load_release
+    from .layout import release_data_files
 
-    loaded = load_release(output)
-    return DatasetDict({name: loaded[name] for name in written}), card, output.resolve(), private.resolve()
+    # memory-mapped (converted into the datasets cache batch by batch), not read into memory as layout.load_release
+    # does: the result must not hold the whole release either
+    files = release_data_files(output)
+    released = DatasetDict({name: Dataset.from_parquet([str(f) for f in files[name]], features=features,
+                                                       split=name) for name in written})
+    return released, card, output.resolve(), private.resolve()
 
 
 def _count(rows: int, shard_rows: int) -> int:
