@@ -52,8 +52,10 @@ def test_a_sharded_release_is_a_whole_keyed_release(reference):
 
 def test_the_same_key_gives_the_same_bytes(reference, tmp_path):
     key = reference.parent / "one.private" / "key.json"
-    uge_hf.protect(source(), output_dir=tmp_path / "again", shard_rows=16, key_file=str(key), **KEYED_OPTIONS)
+    result = uge_hf.protect(source(), output_dir=tmp_path / "again", shard_rows=16, key_file=str(key), **KEYED_OPTIONS)
     assert release_bytes(tmp_path / "again") == release_bytes(reference)
+    assert list(result.dataset) == ["train", "test"] and result.dataset["train"].num_rows == 50
+    assert result.dataset["train"].features == result.dataset["test"].features  # the released splits, as written
 
 
 def test_a_killed_run_resumes_at_the_shard_it_stopped_and_matches(reference, tmp_path, monkeypatch):
