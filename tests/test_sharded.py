@@ -105,3 +105,17 @@ def test_shard_rows_mistakes_are_one_line_errors(tmp_path):
         uge_hf.ProtectConfig(method="keyed", shard_rows=0)
     with pytest.raises(UgeError, match="give an output folder"):
         uge_hf.protect(source(), shard_rows=16, key_file="k.json", **KEYED_OPTIONS)
+
+
+def test_rank_0_gives_up_when_another_rank_never_comes_and_a_rerun_resumes(reference, tmp_path, monkeypatch):
+    key = reference.parent / "one.private" / "key.json"
+    monkeypatch.setattr(sharded, "STALL_SECONDS", 1)
+    monkeypatch.setattr(sharded, "WAIT_SECONDS", 0.05)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # rank 1 is never started
+    with pytest.raises(UgeError, match=r"waited 1 s for 2 file\(s\) .*train-00001.json.*Run the same command again"):
+        uge_hf.protect(source(), output_dir=tmp_path / "out", shard_rows=16, key_file=str(key), **KEYED_OPTIONS)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    uge_hf.protect(source(), output_dir=tmp_path / "out", shard_rows=16, key_file=str(key), **KEYED_OPTIONS)
+    assert release_bytes(tmp_path / "out") == release_bytes(reference)

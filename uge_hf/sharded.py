@@ -41,6 +41,8 @@ from .release import standalone
 from .version import __version__
 
 WAIT_SECONDS = 0.5  # how often rank 0 looks for the other ranks' shards (and the others for the run's key)
+# rank 0 gives up when no awaited file appeared for this long (a rank died): a UgeError, the finished shards kept
+STALL_SECONDS = 1800
 
 
 def protect_sharded(splits: DatasetDict, config: ProtectConfig, image_column: str, label_column: str,
@@ -179,10 +181,24 @@ def _run_key(work: Path, run: dict, rank: int, draw) -> SecretKey:
 
 
 def _wait_for(paths: dict, ready=lambda: True) -> list:
-    """Wait until every path exists (and `ready()`), polling the shared filesystem; [(name, path)]."""
-    while not (all(path.is_file() for path in paths.values()) and ready()):
+    """Wait until every path exists (and `ready()`), polling the shared filesystem; [(name, path)].
+
+    Raises UgeError when none of the missing files appeared for `STALL_SECONDS` (another rank died or was never
+    started): the finished shards stay in the work folder, and running the same command again resumes.
+    """
+    seen, since = -1, time.monotonic()
+    while True:
+        present = sum(path.is_file() for path in paths.values())
+        if present == len(paths) and ready():
+            return list(paths.items())
+        if present != seen:
+            seen, since = present, time.monotonic()
+        elif time.monotonic() - since > STALL_SECONDS:
+            missing = [path.name for path in paths.values() if not path.is_file()]
+            raise UgeError(f"waited {STALL_SECONDS} s for {len(missing)} file(s) another process should write"
+                           f" ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): is every rank running?"
+                           " Run the same command again: finished shards are kept")
         time.sleep(WAIT_SECONDS)
-    return list(paths.items())
 
 
 def _rows_sha256(part: Dataset) -> str:
