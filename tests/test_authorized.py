@@ -132,3 +132,62 @@ def test_train_authorized_with_the_recipe_is_reproducible_and_overrides_are_chec
     assert first == second  # the card's recipe seeds the data order and the augmentation
     with pytest.raises(UgeError, match="unknown recipe fields learning_rate"):
         uge_hf.train_authorized(release, learning_rate=0.1)
+
+
+# --- issue 14: the authorized network as a Hub model (PyTorchModelHubMixin) ------------------------------------------
+
+
+def test_a_private_folders_network_loads_with_from_pretrained_and_round_trips(keyed_release, tmp_path):
+    """`authorized/SPEC/` of the private folder is a from_pretrained folder as it is; save_pretrained writes the same
+    bytes (sha256 = the card's init_sha256) and the copy rebuilds the same network."""
+    from uge_hf import AuthorizedNetwork
+
+    (net,) = read_card(keyed_release).authorized
+    folder = keyed_release.parent / f"{keyed_release.name}.private" / "authorized" / net.spec
+    loaded = AuthorizedNetwork.from_pretrained(folder, release=keyed_release)
+    assert loaded.entry.init_sha256 == net.init_sha256 and not loaded.training
+    loaded.save_pretrained(tmp_path / "copy")
+    saved = (tmp_path / "copy" / "model.safetensors").read_bytes()
+    assert saved == (folder / "model.safetensors").read_bytes() and hashlib.sha256(saved).hexdigest() == net.init_sha256
+    again = AuthorizedNetwork.from_pretrained(tmp_path / "copy")
+    images = torch.rand(2, 3, 16, 16)
+    assert torch.equal(again(images), loaded(images))
+    # the folder is also what load_authorized's weights= takes
+    assert isinstance(uge_hf.load_authorized(keyed_release, weights=tmp_path / "copy"), type(loaded.network))
+
+
+def test_from_pretrained_refuses_tampered_weights_and_another_releases_entry(keyed_release, tiny_release, tmp_path):
+    from uge_hf import AuthorizedNetwork
+
+    (net,) = read_card(keyed_release).authorized
+    folder = Path(shutil.copytree(keyed_release.parent / f"{keyed_release.name}.private" / "authorized" / net.spec,
+                                  tmp_path / "net"))
+    with pytest.raises(UgeError, match="does not: these are not its authorized weights"):
+        AuthorizedNetwork.from_pretrained(folder, release=tiny_release)  # another release's card
+    content = bytearray((folder / "model.safetensors").read_bytes())
+    content[-1] ^= 1
+    (folder / "model.safetensors").write_bytes(bytes(content))
+    with pytest.raises(UgeError, match=f"but the card declares {net.init_sha256}.*do not use these weights"):
+        AuthorizedNetwork.from_pretrained(folder)
+    with pytest.raises(UgeError, match="has sha256"):
+        uge_hf.load_authorized(keyed_release, weights=folder)
+
+
+def test_public_weights_from_a_release_and_trained_weights_keep_an_integrity_check(tiny_release, tmp_path):
+    from uge_hf import AuthorizedNetwork
+
+    network = AuthorizedNetwork.from_release(tiny_release)
+    network.save_pretrained(tmp_path / "init")
+    declared = read_card(tiny_release).authorized[0]
+    assert (tmp_path / "init" / "model.safetensors").read_bytes() == (tiny_release / declared.weights).read_bytes()
+    assert AuthorizedNetwork.from_pretrained(tmp_path / "init", release=tiny_release).entry.spec == declared.spec
+    with torch.no_grad():  # a training step's worth of change
+        next(network.parameters()).add_(0.01)
+    network.save_pretrained(tmp_path / "trained")
+    config = (tmp_path / "trained" / "config.json").read_text()
+    assert "weights_sha256" in config and "weights_sha256" not in (tmp_path / "init" / "config.json").read_text()
+    trained = AuthorizedNetwork.from_pretrained(tmp_path / "trained")
+    assert torch.equal(next(trained.parameters()), next(network.parameters()))
+    (tmp_path / "trained" / "model.safetensors").write_bytes((tmp_path / "init" / "model.safetensors").read_bytes())
+    with pytest.raises(UgeError, match="but config.json declares"):
+        AuthorizedNetwork.from_pretrained(tmp_path / "trained")

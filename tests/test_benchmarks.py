@@ -136,3 +136,18 @@ def test_targets_are_the_protocols_data():
         ("hacker cnn-seed1 Normal", True), ("hacker cnn-seed1 Normal, peak epoch", False),  # 0.40 > 0.6 x 0.62
         ("hacker resnet18-w4-seed0 Wrong key", False), ("hacker resnet18-w4-seed0 Wrong key, peak epoch", None),
         ("hacker cnn-seed1 Distill", False), ("hacker cnn-seed1 Linear proj.", True)]
+
+
+@pytest.mark.slow
+def test_scale_benchmark_smoke(tmp_path):
+    """benchmarks/scale.py end to end on a tiny synthetic set: one fresh process per size, its time and peak RSS."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "24", "--size", "16",
+         "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=600, env={"UGE_HF_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1",
+                                                          "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                                          "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "results" / "scale_keyed_16px.json").read_text())["runs"]
+    assert run["rows"] == 24 and run["rows_per_s"] > 0 and run["peak_rss_mib"] > run["rss_before_protect_mib"] > 0

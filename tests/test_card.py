@@ -107,3 +107,54 @@ def test_read_card_refuses_a_folder_that_is_not_a_release(tmp_path):
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
     with pytest.raises(UgeError, match="has no 'uge:' block"):
         read_card(tmp_path)
+
+
+def test_the_card_header_follows_the_hubs_metadata_rules(keyed_release, lock_release, tiny_release):
+    """Hub metadata: a short pretty_name, the size bucket, the paper linked by its arXiv URL, no made-up URL."""
+    import re
+
+    from huggingface_hub import DatasetCard
+
+    from uge_hf.card import PAPER_URL
+
+    for release in (keyed_release, lock_release, tiny_release):
+        card = DatasetCard.load(release / "README.md")
+        assert card.data.pretty_name == "dataset (ungeneralizable)"  # a dataset object's name; no specs, no path
+        assert card.data.size_categories == ["n<1K"]  # 44 rows
+        assert card.data.license is None and card.data.source_datasets is None  # a dataset object: nothing known
+        assert PAPER_URL in card.text
+        assert set(re.findall(r"https?://[^\s)\]>]+", card.content)) == {PAPER_URL}, release
+
+
+@pytest.mark.parametrize("rows, bucket", [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (50_000, "10K<n<100K"),
+                                          (1_281_167, "1M<n<10M"), (10**12, "n>1T")])
+def test_size_category_uses_the_hubs_buckets(rows, bucket):
+    from uge_hf.card import size_category
+
+    assert size_category(rows) == bucket
+
+
+def test_a_hub_sources_card_keeps_its_license_and_names_it(keyed_release, monkeypatch):
+    """A Hub id: `source_datasets`, a link to it, and the license of its card (read through huggingface_hub)."""
+    import huggingface_hub
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo, Value
+
+    from uge_hf.card import render_card
+    from uge_hf.data import source_metadata
+
+    from .conftest import make_image_dataset
+
+    loaded = {"train": make_image_dataset(4)}
+    monkeypatch.setattr(huggingface_hub.DatasetCard, "load",
+                        classmethod(lambda cls, repo: cls("---\nlicense: cc-by-4.0\n---\n") if repo == "someone/pets"
+                                    else (_ for _ in ()).throw(OSError("offline"))))
+    source = source_metadata("someone/pets", loaded)
+    assert (source.name, source.hub_id, source.license) == ("someone/pets", "someone/pets", "cc-by-4.0")
+    assert source_metadata("someone/other", loaded).license is None  # an unreadable card costs the license only
+
+    info = DatasetInfo(features=Features({"x": Value("int64")}), splits=SplitDict())
+    info.splits.add(SplitInfo("train", num_bytes=1, num_examples=12_000))
+    card = render_card(raw_block(keyed_release), info, source.name, license=source.license, hub_id=source.hub_id)
+    assert card.data.license == "cc-by-4.0" and card.data.source_datasets == ["someone/pets"]
+    assert card.data.size_categories == ["10K<n<100K"] and card.data.pretty_name == "someone/pets (ungeneralizable)"
+    assert "[`someone/pets`](https://huggingface.co/datasets/someone/pets)" in card.text

@@ -216,3 +216,43 @@ def test_a_new_config_field_is_a_new_option_without_a_cli_edit():
     assert "--dither-levels" in result.output and "levels of a made-up dither" in result.output
     assert "[default: (3)]" in result.output
     assert runner.invoke(extended, ["data", "--dither-levels", "5"]).exit_code == 0 and got["dither_levels"] == 5
+
+
+# what a bar prints (tqdm's rates and frames, rich's elapsed time, the bars' descriptions), not a table's borders
+BAR_MARKS = ("█", "it/s", "ba/s", "examples/s", "%|", "0:00:0", "Decoding images", "protecting train",
+             "Creating parquet", "embedding images", "writing protected", "Generating")
+
+
+def test_no_progress_silences_every_bar_and_bars_show_without_it(dataset_folder, tmp_path, monkeypatch):
+    """`uge-hf --no-progress` (= UGE_HF_NO_PROGRESS=1): no bar of uge-hf's, datasets' or huggingface_hub's. The
+    control run without it shows them, so the check can see a bar when there is one; either way the libraries'
+    own switches are given back as they were."""
+    import datasets.utils
+    import huggingface_hub.utils
+
+    monkeypatch.delenv("UGE_HF_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    keyed = ["--method", "keyed", "--authorized", "resnet18-w4-seed0", "--keyed-tile", "4", "--keyed-groups", "6",
+             "--keyed-grain", "2", "--set", "recipe.batch_size=8"]
+    shown = runner.invoke(app, ["protect", str(dataset_folder), *keyed, "--output", str(tmp_path / "shown")])
+    assert shown.exit_code == 0, shown.output
+    assert any(mark in shown.output for mark in BAR_MARKS), shown.output
+
+    quiet = runner.invoke(app, ["--no-progress", "protect", str(dataset_folder), *keyed, "--output", str(tmp_path / "quiet")])
+    assert quiet.exit_code == 0, quiet.output
+    assert not [mark for mark in BAR_MARKS if mark in quiet.output], quiet.output
+    assert "release written to" in quiet.output
+    assert not datasets.utils.are_progress_bars_disabled() and not huggingface_hub.utils.are_progress_bars_disabled()
+
+
+def test_the_environment_switch_silences_the_python_api(tmp_path, monkeypatch, capfd):
+    import uge_hf
+
+    from .conftest import KEYED_OPTIONS
+
+    monkeypatch.setenv("UGE_HF_NO_PROGRESS", "1")
+    source = make_image_dataset(24, seed=0)
+    uge_hf.protect(source, output_dir=tmp_path / "release", **KEYED_OPTIONS)
+    uge_hf.verify_release(tmp_path / "release")
+    captured = capfd.readouterr()
+    assert not [mark for mark in BAR_MARKS if mark in captured.out + captured.err], captured

@@ -1,8 +1,10 @@
 """Publishing a release: push_release / `uge-hf push` / `protect --push` against a fake Hub on 127.0.0.1.
 
-The fake Hub answers the few API calls huggingface_hub's `create_repo`, `list_repo_files`, `create_branch` and
-`create_commit` make (repo create, tree, branch, validate-yaml, preupload, commit) and records every commit it
-receives. Its preupload answers "regular" for every file, so the files travel base64-encoded inside the NDJSON
+The fake Hub answers the few API calls huggingface_hub's `create_repo`, `list_repo_files`, `create_branch`,
+`create_commit`, `create_pull_request` and `merge_pull_request` make (repo create, tree, branch, validate-yaml,
+preupload, commit, discussions: open, details, merge) and records every commit it receives and every state `main`
+goes through. A pull request is a branch `refs/pr/N` copied from main when opened; merging it makes main that
+branch's files in one step (the real Hub makes a merge commit; conflicts are not modelled). Its preupload answers "regular" for every file, so the files travel base64-encoded inside the NDJSON
 commit payload; the real Hub answers "lfs" for parquet / safetensors and huggingface_hub then uploads those
 through LFS / Xet before the same commit call. That transfer path is not exercised here (it needs the Hub's
 storage backends); what is tested is everything uge-hf decides: what goes into the one commit, where, and
@@ -51,6 +53,10 @@ class FakeHub:
         self.commits: list[dict] = []
         self.requests: list[tuple[str, str]] = []
         self.cut_next_commit = False
+        self.cut_commit_number: int | None = None  # cut the connection on this commit (1 = the first received)
+        self.received = 0  # commit calls received, answered or not
+        self.main_states: list[dict[str, bytes]] = []  # main's files after each change of main
+        self.merged: list[int] = []  # pull requests merged, in order
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -62,6 +68,11 @@ class FakeHub:
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False):
         self.repos[repo_id] = {"private": private, "branches": {"main": {".gitattributes": GITATTRIBUTES, **files}}}
+
+    def set_branch(self, repo: dict, branch: str, files: dict[str, bytes]):
+        repo["branches"][branch] = files
+        if branch == "main":
+            self.main_states.append(dict(files))
 
     def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:
         return self.repos[repo_id]["branches"][branch]
@@ -131,6 +142,19 @@ class FakeHub:
                         {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
                         for path, data in sorted(files.items())
                     ])
+                if action == "discussions":  # get_discussion_details of a pull request
+                    if (repo := self._repo(repo_id)) is None:
+                        return
+                    num = int(rest)
+                    pr = repo.get("prs", {}).get(num)
+                    if pr is None:
+                        return self._reply(404, {"error": "Discussion not found"})
+                    return self._reply(200, {
+                        "title": pr["title"], "num": num, "author": {"name": "me"},
+                        "createdAt": "2026-01-01T00:00:00.000Z", "status": pr["status"],
+                        "repo": {"name": repo_id, "type": "dataset"}, "isPullRequest": True, "events": [],
+                        "changes": {"base": "main"}, "filesWithConflicts": [], "diff": "",
+                    })
                 if action in ("", "revision"):  # repo_info
                     if (repo := self._repo(repo_id)) is None:
                         return
@@ -166,6 +190,25 @@ class FakeHub:
                     start = (json.loads(body) if body else {}).get("startingPoint", "main")
                     repo["branches"][rest] = dict(repo["branches"][start])
                     return self._reply(200, {})
+                if action == "discussions":
+                    if (repo := self._repo(repo_id)) is None:
+                        return
+                    prs = repo.setdefault("prs", {})
+                    if rest == "":  # open a pull request: refs/pr/N starts as main
+                        payload = json.loads(body)
+                        assert payload["pullRequest"] is True
+                        num = len(prs) + 1
+                        prs[num] = {"title": payload["title"], "status": "open"}
+                        repo["branches"][f"refs/pr/{num}"] = dict(repo["branches"]["main"])
+                        return self._reply(200, {"num": num})
+                    num, verb = rest.split("/")
+                    pr = prs.get(int(num))
+                    if verb != "merge" or pr is None or pr["status"] != "open":
+                        return self._reply(400, {"error": "cannot do that to this discussion"})
+                    pr["status"] = "merged"
+                    hub.set_branch(repo, "main", dict(repo["branches"][f"refs/pr/{num}"]))
+                    hub.merged.append(int(num))
+                    return self._reply(200, {})
                 if action == "preupload":
                     if self._repo(repo_id, rest) is None:
                         return
@@ -176,7 +219,8 @@ class FakeHub:
                 if action == "commit":
                     if (repo := self._repo(repo_id, rest)) is None:
                         return
-                    if hub.cut_next_commit:  # the network drops after the upload, before any answer
+                    hub.received += 1
+                    if hub.cut_next_commit or hub.received == hub.cut_commit_number:  # the network drops, no answer
                         hub.cut_next_commit = False
                         self.close_connection = True
                         return
@@ -195,7 +239,7 @@ class FakeHub:
                     for deleted in commit["deleted"]:
                         files.pop(deleted)
                     files.update(commit["added"])
-                    repo["branches"][rest] = files  # applied all at once, like a git commit
+                    hub.set_branch(repo, rest, files)  # applied all at once, like a git commit
                     hub.commits.append(commit)
                     oid = hashlib.sha1(json.dumps(sorted(files)).encode() + str(len(hub.commits)).encode()).hexdigest()
                     return self._reply(200, {"commitUrl": f"{hub.endpoint}/datasets/{repo_id}/commit/{oid}", "commitOid": oid})
@@ -397,3 +441,49 @@ def test_protect_push_mistakes_fail_before_training(tmp_path, monkeypatch, args,
     result = runner.invoke(app, ["protect", str(tmp_path / "anything"), *args, "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+# --- issue 14: a release of more files than one commit should hold ----------------------------------------------------
+
+
+@pytest.fixture
+def small_commits(monkeypatch):
+    """Three files per commit, so the 7-file tiny release needs 3 commits (a real release: shards > 100)."""
+    from uge_hf import hub
+
+    monkeypatch.setattr(hub, "MAX_FILES_PER_COMMIT", 3)
+
+
+def test_a_large_release_reaches_main_in_one_step_through_a_pull_request(hub, release, small_commits):
+    old = {"README.md": b"---\nuge: {}\n---\n", "uge_config.json": b"{}",
+           "data/train-00000-of-00002.parquet": b"old", "data/train-00001-of-00002.parquet": b"old"}
+    hub.add_repo("me/cifar-uge", old)
+    info = uge_hf.push_release(release, "me/cifar-uge", token=WRITE, endpoint=hub.endpoint)
+    local = local_bytes(release)
+    operations = len(local) + 2  # + the two stale shards deleted
+    assert [c["revision"] for c in hub.commits] == ["refs/pr/1"] * -(-operations // 3)  # none straight to main
+    assert all(len(c["added"]) + len(c["deleted"]) <= 3 for c in hub.commits)
+    assert sorted(d for c in hub.commits for d in c["deleted"]) == sorted(p for p in old if p.startswith("data/"))
+    assert hub.merged == [1] and hub.repos["me/cifar-uge"]["prs"][1]["status"] == "merged"
+    # main went from the old release to the new one in ONE step: no state in between
+    assert hub.main_states == [{".gitattributes": GITATTRIBUTES, **local}]
+    assert info.pr_num == 1
+    assert all(check.ok for check in uge_hf.verify_release(release))
+
+
+def test_a_large_push_cut_midway_leaves_main_unchanged_and_a_rerun_completes(hub, release, small_commits):
+    hub.add_repo("me/cifar-uge", {"README.md": b"---\nuge: {}\n---\n", "uge_config.json": b"{}"})
+    before = dict(hub.files("me/cifar-uge"))
+    hub.cut_commit_number = 2
+    with pytest.raises(UgeError, match=r"main is unchanged .*pull request #1 is merged.*close that pull request"):
+        uge_hf.push_release(release, "me/cifar-uge", token=WRITE, endpoint=hub.endpoint)
+    assert hub.files("me/cifar-uge") == before and hub.main_states == [] and hub.merged == []
+    uge_hf.push_release(release, "me/cifar-uge", token=WRITE, endpoint=hub.endpoint)
+    assert hub.merged == [2] and hub.files("me/cifar-uge") == {".gitattributes": GITATTRIBUTES, **local_bytes(release)}
+
+
+def test_a_large_release_to_a_branch_arrives_in_several_commits(hub, release, small_commits):
+    uge_hf.push_release(release, "me/cifar-uge", revision="v1", token=WRITE, endpoint=hub.endpoint)
+    assert {c["revision"] for c in hub.commits} == {"v1"} and len(hub.commits) == 3 and hub.merged == []
+    assert hub.files("me/cifar-uge", "v1") == {".gitattributes": GITATTRIBUTES, **local_bytes(release)}
+    assert hub.files("me/cifar-uge") == {".gitattributes": GITATTRIBUTES}  # main untouched

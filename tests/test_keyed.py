@@ -211,3 +211,21 @@ def test_the_card_says_when_the_default_key_stage_is_public(tmp_path):
     uge_hf.protect(DatasetDict(train=make_image_dataset(16, seed=5)), output_dir=tmp_path / "d", recipe={"epochs": 1})
     assert read_card(tmp_path / "d").method_fields["key"]["stage_is_public"] is True
     assert "At these settings the key stage is not secret" in (tmp_path / "d" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["keyed", "lock"])
+def test_the_chunk_size_changes_memory_not_bytes(method, tiny_dataset, tmp_path, monkeypatch):
+    """Per-row methods process chunks bounded in pixel values (`methods.base.CHUNK_VALUES`): 5-row chunks give the
+    same release as one chunk."""
+    from uge_hf.methods import base
+
+    from .conftest import KEYED_OPTIONS, LOCK_OPTIONS
+
+    options = KEYED_OPTIONS if method == "keyed" else LOCK_OPTIONS
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "one", **options)
+    key = tmp_path / "one.private" / "key.json"
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "again", key_file=str(key), **options)
+    monkeypatch.setattr(base, "CHUNK_VALUES", 5 * 3 * 16 * 16)
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "chunked", key_file=str(key), **options)
+    for shard in sorted((tmp_path / "again" / "data").glob("*.parquet")):
+        assert shard.read_bytes() == (tmp_path / "chunked" / "data" / shard.name).read_bytes(), shard.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,11 +247,65 @@ def test_per_sample_steps_lower_the_uge_loss(tiny_dataset, tmp_path):
     assert (refined - data.images.float() / 255).abs().max() <= config.rho + 1e-6
 
 
-def test_mixed_precision_bf16_after_a_full_precision_run(tiny_dataset, tmp_path):
-    """A second protect() in one process may change Accelerate's precision; bf16 output still obeys the bound."""
+@pytest.fixture
+def no_accelerate_config(tmp_path, monkeypatch):
+    """No ACCELERATE_MIXED_PRECISION and no `accelerate config` file: Accelerate's configuration says "no"."""
+    import accelerate.commands.config
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(accelerate.commands.config, "default_config_file", str(tmp_path / "no-accelerate-config.yaml"))
+    return tmp_path / "no-accelerate-config.yaml"
+
+
+def test_mixed_precision_follows_accelerates_configuration_unless_given(no_accelerate_config, monkeypatch):
+    from uge_hf.methods.gradient_matching import resolve_mixed_precision
+
+    assert resolve_mixed_precision(None) == "no"
+    no_accelerate_config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\n"
+                                    "mixed_precision: fp16\nuse_cpu: true\n")  # as `accelerate config` writes it
+    assert resolve_mixed_precision(None) == "fp16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch` exports it: it wins over the file
+    assert resolve_mixed_precision(None) == "bf16"
+    assert resolve_mixed_precision("no") == "no"  # the flag wins over both
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(UgeError, match=r"configured with mixed precision 'fp8' \(ACCELERATE_MIXED_PRECISION\).*--mixed-precision"):
+        resolve_mixed_precision(None)
+
+
+def test_the_card_records_the_precision_used_and_another_one_in_the_same_process_is_refused(
+        tiny_dataset, tmp_path, no_accelerate_config):
+    """The card holds the resolved value, not None; Accelerate keeps one precision per process, so a second run
+    asking for another is a one-line error before anything is written (no private Accelerate reset)."""
     options = {**TINY_OPTIONS, "generator_epochs": 1}
-    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "fp32", **options)
-    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "bf16", mixed_precision="bf16", **options)
+    uge_hf.protect(tiny_dataset, output_dir=tmp_path / "default", **options)
+    uge = DatasetCard.load(tmp_path / "default" / "README.md").data.to_dict()["uge"]
+    assert uge["config"]["mixed_precision"] == "no"
+    assert json.loads((tmp_path / "default" / "uge_config.json").read_text())["mixed_precision"] == "no"
+    with pytest.raises(UgeError, match=r"already set up in this process with mixed precision 'no'.*new process"):
+        uge_hf.protect(tiny_dataset, output_dir=tmp_path / "bf16", mixed_precision="bf16", **options)
+    assert not (tmp_path / "bf16").exists()
+
+
+@pytest.mark.slow
+def test_bf16_from_accelerates_environment_in_a_fresh_process(tmp_path):
+    """`ACCELERATE_MIXED_PRECISION=bf16` (what `accelerate launch --mixed_precision bf16` exports), no flag: G trains
+    in bf16, the card says so, and the bound still holds."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import uge_hf
+from tests.conftest import TINY_OPTIONS, make_image_dataset
+from datasets import DatasetDict
+source = DatasetDict(train=make_image_dataset(32, seed=0), test=make_image_dataset(12, seed=1))
+uge_hf.protect(source, output_dir={str(tmp_path / "bf16")!r}, **{{**TINY_OPTIONS, "generator_epochs": 1}})
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "PYTHONPATH": str(root), "HF_HOME": str(tmp_path / "hf"),
+           "UGE_HF_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     uge = DatasetCard.load(tmp_path / "bf16" / "README.md").data.to_dict()["uge"]
     assert uge["config"]["mixed_precision"] == "bf16"
     assert uge["results"]["perturbation"]["train"]["linf_levels"] <= uge["pixel_bound"]
@@ -318,6 +373,7 @@ def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
             (source / split / CLASS_NAMES[row["category"]]).mkdir(parents=True, exist_ok=True)
             row["picture"].save(source / split / CLASS_NAMES[row["category"]] / f"{i:02d}.png")
             pixels.setdefault(split, {})[f"{i:02d}.png"] = np.asarray(row["picture"])
+    (source / "README.md").write_text("---\nlicense: mit\n---\nMy images.\n")
     output = tmp_path / "release"
     uge_hf.protect(str(source), output_dir=output, **TINY_OPTIONS)
     shutil.rmtree(source)
@@ -326,7 +382,8 @@ def test_an_imagefolder_release_stands_alone(tmp_path, monkeypatch):
         if path.is_file():
             assert str(tmp_path).encode() not in path.read_bytes(), path
     card = DatasetCard.load(output / "README.md")
-    assert card.data.pretty_name.startswith("my-images (ungeneralizable") and "copy of `my-images`" in card.text
+    assert card.data.pretty_name == "my-images (ungeneralizable)" and "copy of `my-images`" in card.text
+    assert card.data.license == "mit" and card.data.source_datasets is None  # the source's license is kept
     loaded = load_dataset(str(output))
     assert loaded["train"].num_rows == 16 and loaded["test"].num_rows == 6
     for split in ("train", "test"):

@@ -19,6 +19,7 @@ _EXPORTS = {
     "init_sha256": "specs",
     # Hub release (#4)
     "load_authorized": "authorized",
+    "AuthorizedNetwork": "authorized",
     "train_authorized": "authorized_training",
     "load_key": "authorized",
     "verify_release": "verify",
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .errors import UgeError
     from .pipeline import ProtectResult, protect
     from .specs import ModelSpec, build_model, init_sha256
-    from .authorized import load_authorized, load_key  # Hub release (#4)
+    from .authorized import AuthorizedNetwork, load_authorized, load_key  # Hub release (#4)
     from .authorized_training import train_authorized
     from .hub import push_release
     from .unlocking import unlock

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .errors import UgeError
@@ -45,6 +46,126 @@ class KeyedNetwork(nn.Module):
         from .inputs import normalize
 
         return self.backbone(normalize(self.key_stage(images)))
+
+
+class AuthorizedNetwork(nn.Module, PyTorchModelHubMixin, library_name="uge-hf", tags=["uge", "uge-hf"]):
+    """An authorized network that loads the way Hub models do: `save_pretrained(dir)` writes `config.json` (the
+    card's entry for it: spec, classes, `init_sha256`, input stage) and `model.safetensors` (exactly the bytes the
+    release declares), and `AuthorizedNetwork.from_pretrained(dir_or_model_repo)` rebuilds it only after the same
+    checks as `load_authorized`: the file's sha256 must be `init_sha256` and its backbone the spec rebuilt here.
+
+    A private folder's `authorized/SPEC/` (what the publisher hands out) is such a folder as it is:
+    `AuthorizedNetwork.from_pretrained("out.private/authorized/resnet18-seed0")`. With `release=` (a release folder
+    or Hub id), the entry must also be the one that release's card declares for that spec. Weights that changed
+    (after training) are saved with their own `weights_sha256` and load with that integrity check only.
+
+    `network` is the backbone (normalized (N, 3, H, W) inputs -> (N, classes) logits) or a `KeyedNetwork` ([0, 1]
+    images); `forward` calls it. Errors are UgeErrors naming the file and what does not match.
+    """
+
+    def __init__(self, config: dict, network: nn.Module | None = None):
+        super().__init__()
+        self.entry = _entry_of(config)
+        if network is None:  # only a public init can be rebuilt from the spec alone
+            if self.entry.input_stage == "key" or self.entry.seed is None:
+                raise UgeError(f"{self.entry.spec}'s initial weights are not public: load them with"
+                               " AuthorizedNetwork.from_pretrained(FOLDER) or from_release(RELEASE, weights=...)")
+            from .specs import build_model
+
+            network = build_model(self.entry.spec, self.entry.num_classes)
+        self.network = network
+
+    def forward(self, images):
+        return self.network(images)
+
+    @classmethod
+    def from_release(cls, repo_or_dir: str | os.PathLike, index: int = 0, revision: str | None = None,
+                     weights: str | os.PathLike | None = None) -> AuthorizedNetwork:
+        """`load_authorized(...)`, wrapped with the card's entry as its config (ready for `save_pretrained`)."""
+        from .fetch import fetch_release
+
+        folder = fetch_release(repo_or_dir, revision, allow_patterns=["README.md", "authorized/*"])
+        net = authorized_entry(folder, index)
+        return cls(config=_config_of(net), network=checked_network(folder, net, weights))
+
+    def weights_content(self) -> bytes:
+        """The network's weights as the release stores them (keyed: `key_stage.*` + `backbone.*`; else the backbone's
+        state dict), as one safetensors file without metadata: unchanged weights give the declared bytes."""
+        from safetensors.torch import save
+
+        from .files import weights_tensors
+
+        if isinstance(self.network, KeyedNetwork):
+            return save({**weights_tensors(self.network.key_stage, KEY_STAGE_PREFIX),
+                         **weights_tensors(self.network.backbone, BACKBONE_PREFIX)})
+        return save(weights_tensors(self.network))
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        import json
+
+        from .files import atomic_write
+
+        content = self.weights_content()
+        digest = hashlib.sha256(content).hexdigest()
+        config = _config_of(self.entry)
+        if digest != self.entry.init_sha256:  # trained: its own hash, not the card's init
+            config["weights_sha256"] = digest
+        atomic_write(Path(save_directory) / "model.safetensors", lambda partial: partial.write_bytes(content))
+        (Path(save_directory) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, config: dict | None = None, release=None,
+                         **unused) -> AuthorizedNetwork:
+        if config is None:
+            raise UgeError(f"{model_id} has no config.json: not an authorized network's folder")
+        folder = Path(model_id)
+        if folder.is_dir():
+            path = folder / "model.safetensors"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
+                                        force_download=force_download, token=token, local_files_only=local_files_only))
+        if not path.is_file():
+            raise UgeError(f"{model_id} has no model.safetensors")
+        entry = _entry_of(config)
+        if release is not None:
+            from .card import read_card
+            from .fetch import fetch_release
+
+            declared = [n for n in read_card(fetch_release(release, allow_patterns=["README.md"])).authorized
+                        if n.spec == entry.spec]
+            if not declared or declared[0].init_sha256 != entry.init_sha256:
+                raise UgeError(f"{path.parent}/config.json declares {entry.spec} with init sha256 {entry.init_sha256},"
+                               f" but the card of {release} does not: these are not its authorized weights")
+        content = path.read_bytes()
+        trained = config.get("weights_sha256")
+        if trained is not None:
+            actual = hashlib.sha256(content).hexdigest()
+            problems = [] if actual == trained else [f"{path} has sha256 {actual} but config.json declares {trained}"]
+        else:
+            problems = weight_problems(entry, content, str(path))
+        if problems:
+            raise UgeError("; ".join(problems) + ": do not use these weights")
+        return cls(config=config, network=build_authorized(entry, content)).eval()  # as Hub models load: .train() to train
+
+
+def _config_of(net: AuthorizedEntry) -> dict:
+    """The `config.json` of an authorized network: its card entry, marked private (its weights travel beside it)."""
+    return {**net.to_dict(), "weights": None, "private": True}
+
+
+def _entry_of(config: dict) -> AuthorizedEntry:
+    """The card entry a config.json holds (a private folder's, or `save_pretrained`'s); UgeError if it is not one."""
+    from .card import AuthorizedEntry
+
+    if not isinstance(config, dict):
+        raise UgeError("config.json is not a mapping: not an authorized network's config")
+    try:
+        return AuthorizedEntry.from_dict({**config, "weights": None, "private": True}, 0)
+    except UgeError as e:
+        raise UgeError(f"config.json is not an authorized network's: {e}") from None
 
 
 def load_authorized(repo_or_dir: str | os.PathLike, index: int = 0, revision: str | None = None,
@@ -114,8 +235,8 @@ def read_weights(folder: Path, net: AuthorizedEntry, weights: str | os.PathLike 
 
     if weights is not None:
         path = Path(weights)
-        if path.is_dir():
-            path = path / "authorized" / net.spec / "model.safetensors"
+        if path.is_dir():  # a private folder, or one network's folder (its authorized/SPEC/, a save_pretrained one)
+            path = path / "model.safetensors" if (path / "model.safetensors").is_file() else path / "authorized" / net.spec / "model.safetensors"
         if path.suffix == ".json" and net.input_stage == "key" and path.is_file():
             # a key file authorizes too: the backbone's init is public (its spec), the key stage comes from the key
             from .key import load_secret_key

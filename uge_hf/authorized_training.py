@@ -13,8 +13,10 @@ from torch import nn
 
 from .authorized import KeyedNetwork, checked_network
 from .errors import UgeError
+from .progress import library_bars
 
 
+@library_bars()
 def train_authorized(
     repo_or_dir: str | os.PathLike,
     index: int = 0,

@@ -363,9 +363,26 @@ def read_uge_block(release_dir: str | Path) -> dict:
     return read_card(release_dir).to_dict()
 
 
-def render_card(uge: Mapping, dataset_info: DatasetInfo, source: str) -> DatasetCard:
+# The Hub's `size_categories` buckets (upper bounds, exclusive), as its dataset card metadata spec lists them.
+SIZE_CATEGORIES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T"))
+PAPER_URL = "https://arxiv.org/abs/2404.14016"  # an arXiv link in the card makes the Hub tag the paper
+
+
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` bucket of a dataset of `rows` rows (all splits): "n<1K", "1K<n<10K", ..., "n>1T"."""
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
+def render_card(uge: Mapping, dataset_info: DatasetInfo, source: str, *, license: str | list[str] | None = None,
+                hub_id: str | None = None) -> DatasetCard:
     """The card for a release whose `uge:` block is `uge` (`UgeBlock.to_dict()`, paths made portable) and whose
     parquet shards `dataset_info` describes.
+
+    `source` names the source in the prose and `pretty_name` (a Hub id or a folder's name, never a path); `license`
+    is the source's (kept: protecting a dataset does not relicense it; None: no `license:` line), `hub_id` the Hub
+    id it was loaded from (`source_datasets`, and a link). `size_categories` is the Hub's bucket of all rows.
 
     The `dataset_info` YAML (features, rows and bytes per split, as `push_to_hub` writes it) also makes the
     `datasets` cache key of the folder depend on its content: without it, two local releases in folders of the
@@ -375,10 +392,16 @@ def render_card(uge: Mapping, dataset_info: DatasetInfo, source: str) -> Dataset
     from huggingface_hub import DatasetCard, DatasetCardData
 
     splits = list(dataset_info.splits)
+    rows = sum(split.num_examples for split in dataset_info.splits.values())
+    metadata = {"license": license} if license else {}
+    if hub_id is not None:
+        metadata["source_datasets"] = [hub_id]
     card_data = DatasetCardData(
-        pretty_name=f"{source} (ungeneralizable, authorized: {', '.join(n['spec'] for n in uge['authorized'])})",
+        pretty_name=f"{source} (ungeneralizable)",
         task_categories=["image-classification"],
+        size_categories=[size_category(rows)],
         tags=["uge", "ungeneralizable-examples", "uge-hf"],
+        **metadata,
         configs=[
             {
                 "config_name": "default",
@@ -390,5 +413,6 @@ def render_card(uge: Mapping, dataset_info: DatasetInfo, source: str) -> Dataset
     DatasetInfosDict({"default": dataset_info}).to_dataset_card_data(card_data)
     template = files("uge_hf").joinpath("cards", TEMPLATE).read_text(encoding="utf-8")
     return DatasetCard.from_template(
-        card_data, template_str=template, pretty_name=card_data.pretty_name, source=source, uge=uge
+        card_data, template_str=template, pretty_name=card_data.pretty_name, source=source, uge=uge,
+        source_url=f"https://huggingface.co/datasets/{hub_id}" if hub_id is not None else None, paper_url=PAPER_URL,
     )

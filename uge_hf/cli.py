@@ -35,8 +35,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars at all (uge-hf's, datasets' and"
+                                              " huggingface_hub's); the same as UGE_HF_NO_PROGRESS=1")] = False,
 ) -> None:
     """Ungeneralizable examples for Hugging Face datasets: protect, evaluate, verify, push, demo."""
+    if no_progress:
+        import os
+
+        from .progress import NO_PROGRESS_ENV
+
+        # the environment, not a global: the library reads it at each call, and processes this one starts inherit it
+        os.environ[NO_PROGRESS_ENV] = "1"
 
 
 def _user_errors(command):
@@ -307,7 +316,10 @@ def _push_and_report(folder: Path, repo_id: str, **options) -> None:
     from .hub import push_release
 
     info = push_release(folder, repo_id, **options)
-    typer.echo(f"published {folder} to {repo_id} in one commit: {info.commit_url}")
+    if info.pr_url is not None:  # a release of many files: several commits, merged onto main in one step
+        typer.echo(f"published {folder} to {repo_id} through pull request #{info.pr_num}, merged: {info.pr_url}")
+    else:
+        typer.echo(f"published {folder} to {repo_id} in one commit: {info.commit_url}")
 
 
 @app.command()
@@ -321,7 +333,8 @@ def push(
     token: Annotated[Optional[str], typer.Option(help="Hub token with write access (default: HF_TOKEN or `hf auth login`)")] = None,
     force: Annotated[bool, typer.Option(help="Replace a repo whose files are not a uge-hf release")] = False,
 ) -> None:
-    """Verify FOLDER, then publish it byte for byte to the dataset repo REPO_ID as one commit."""
+    """Verify FOLDER, then publish it byte for byte to the dataset repo REPO_ID as one commit (over 100 files: a
+    pull request of several commits, merged onto main in one step)."""
     _push_and_report(folder, repo_id, private=private or None, revision=revision, commit_message=message,
                      token=token, force=force)
 

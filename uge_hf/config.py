@@ -180,13 +180,20 @@ class ProtectConfig:
     image_column: str | None = knob(None, "image column; None: the column with an Image feature")
     label_column: str | None = knob(None, "label column; None: the ClassLabel column (or one named like label)")
     image_size: int | None = knob(None, "square training resolution; None: the most common image size, unchanged")
-    mixed_precision: str = knob("no", "Accelerate's mixed precision for G's training", choices=MIXED_PRECISION)
+    mixed_precision: str | None = knob(None, "gradient-matching: Accelerate's mixed precision for G's training; None:"
+                                       " Accelerate's own configuration (ACCELERATE_MIXED_PRECISION, set by `accelerate"
+                                       " launch`, else `accelerate config`'s default file, else no); the card records"
+                                       " the value used", choices=MIXED_PRECISION)
     checkpoint_every: int = knob(200, "G's training state is saved every this many steps (for resume)")
     release_generator: bool = knob(False, "ship G's weights; off because G lets anyone make (x, x_u) pairs to undo it")
     publish_authorized: bool = knob(False, "gradient-matching: publish the authorized init weights in the release"
                                     " (reproduction studies). Off: they come from a secret init seed and go to"
                                     " OUTPUT.private/ (the card holds their sha256); keyed: always private")
     num_shards: int | None = knob(None, "parquet shards per split; None: about 500 MB of images per shard")
+    shard_rows: int | None = knob(None, "keyed: protect and write the release shard by shard, this many rows per parquet"
+                                  " shard (memory: one shard; a killed run resumes per shard; torchrun / accelerate"
+                                  " launch ranks share the shards, same bytes as one process); None: each split whole"
+                                  " in memory")
 
     def __post_init__(self) -> None:
         self.recipe = _nested(Recipe, self.recipe, "recipe")
@@ -223,7 +230,7 @@ class ProtectConfig:
                 raise UgeError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lambda_gm == self.lambda_fd == self.lambda_ud == 0:
             raise UgeError("every loss weight is 0, so there is nothing to optimise: set lambda_gm, lambda_fd or lambda_ud > 0")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise UgeError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.image_size is not None and self.image_size < 16:
             raise UgeError(f"image_size must be >= 16 pixels, got {self.image_size}")
@@ -235,6 +242,14 @@ class ProtectConfig:
             raise UgeError(f"the {self.solver} solver protects one split (it has no generator for the others)")
         if self.solver in GENERATOR_FREE_SOLVERS and self.release_generator:
             raise UgeError(f"the {self.solver} solver trains no generator to release")
+        if self.shard_rows is not None:
+            if self.shard_rows < 1:
+                raise UgeError(f"shard_rows must be >= 1, got {self.shard_rows}")
+            if self.method != "keyed":
+                raise UgeError(f"shard_rows (the shard-by-shard writer) applies to the keyed method, not {self.method}"
+                               " (the lock method's is planned: docs/streaming-plan.md)")
+            if self.num_shards is not None:
+                raise UgeError("give shard_rows or num_shards, not both: shard_rows fixes the shard layout by rows")
         if self.per_sample_steps < 1:
             raise UgeError(f"per_sample_steps must be >= 1, got {self.per_sample_steps}")
 

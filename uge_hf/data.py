@@ -25,6 +25,7 @@ from rich.progress import track
 
 from uge_hf.errors import UgeError
 from uge_hf.fetch import HUB_ID
+from uge_hf.progress import progress_enabled
 
 # Conventional label column names, most preferred first.
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label", "coarse_label")
@@ -111,6 +112,54 @@ def source_label(source: str | os.PathLike | datasets.Dataset | datasets.Dataset
         return os.path.basename(os.path.abspath(path)) if os.path.exists(path) else path
     first = source if isinstance(source, datasets.Dataset) else next(iter(source.values()), None)
     return getattr(getattr(first, "info", None), "dataset_name", None) or "dataset"
+
+
+@dataclass(frozen=True)
+class SourceMetadata:
+    """What a release's card says of its source (the Hub's `pretty_name`, `source_datasets`, `license`)."""
+
+    name: str  # `source_label`: a Hub id, a folder's name or a dataset object's name, never a local path
+    hub_id: str | None = None  # the Hub id the source was loaded from; None: a local folder or a dataset object
+    license: str | list[str] | None = None  # the source card's `license` (a Hub license id); None: not known
+
+
+def source_metadata(
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict, loaded: datasets.DatasetDict | None = None
+) -> SourceMetadata:
+    """The source's name, Hub id and license, for the release's card.
+
+    The license is the first found of: the loaded dataset's `info.license`, the `license:` of the source folder's
+    README.md, the `license:` of the Hub repo's card (read from the HF cache or the Hub; offline and not cached,
+    or unreadable: unknown). `datasets` does not copy a card's `license:` into `info.license`, hence the card.
+    Never raises: a license that cannot be read is left out of the card, not a failed release.
+    """
+    first = next(iter(loaded.values()), None) if loaded else None
+    license = getattr(getattr(first, "info", None), "license", None) or None
+    hub_id = None
+    if isinstance(source, (str, os.PathLike)):
+        path = os.path.expanduser(os.fspath(source))
+        if not os.path.exists(path):
+            hub_id = path  # load_source accepted it, so it is a Hub id
+        if license is None:
+            license = _card_license(path, hub_id)
+    return SourceMetadata(source_label(source), hub_id, license)
+
+
+def _card_license(path: str, hub_id: str | None) -> str | list[str] | None:
+    """`license:` of a local folder's README.md or a Hub dataset's card; None when there is none or it cannot be read."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        if hub_id is None:
+            readme = os.path.join(path, "README.md")
+            card = DatasetCard.load(readme) if os.path.isfile(readme) else None
+        else:
+            card = DatasetCard.load(hub_id)
+    except Exception:  # a missing, private or malformed card only costs the card its license line
+        return None
+    value = getattr(getattr(card, "data", None), "license", None)
+    ok = isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+    return value if ok else None
 
 
 def resolve_columns(
@@ -306,7 +355,7 @@ def to_tensors(
         _raw_images(ds, image_column),
         total=len(ds),
         description="Decoding images",
-        disable=not progress,
+        disable=not (progress and progress_enabled()),
         console=Console(stderr=True),
     )
     for row, value in rows:

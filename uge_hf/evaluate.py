@@ -45,6 +45,7 @@ from .authorized import KeyedNetwork, build_authorized, read_weights, weight_pro
 from .layout import load_release
 from .specs import ModelSpec, build_model
 from .training import accuracy, train_classifier
+from .progress import library_bars
 
 PAPER_HACKER_ARCHS = ("cnn", "lenet", "mobilenetv2", "shufflenetv2")
 ATTACKS = ("jpeg10", "grayscale", "augment", "linear-projection")
@@ -327,6 +328,7 @@ class Trainer:
         atomic_write(path, lambda partial: partial.write_text(json.dumps(curves) + "\n"))
 
 
+@library_bars()
 def evaluate(release_dir: str | os.PathLike, clean_source, config: EvaluateConfig | None = None,
              cache_dir: str | Path | None = None, device: torch.device | str | None = None,
              authorized_weights: str | os.PathLike | None = None, key: str | os.PathLike | None = None) -> list[Row]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from huggingface_hub import constants
 
 from .errors import UgeError
+from .progress import library_bars
 
 # A Hub id to read from may also be a bare name (e.g. a canonical dataset); anything else must be a local path.
 HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$", flags=re.ASCII)
@@ -23,6 +24,7 @@ def offline() -> bool:
     return bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
 
 
+@library_bars()
 def fetch_release(
     repo_or_dir: str | os.PathLike, revision: str | None = None, allow_patterns: list[str] | None = None
 ) -> Path:

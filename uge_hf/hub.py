@@ -3,10 +3,18 @@
 What is pushed is the local release folder byte for byte, through `HfApi.create_commit`: not `datasets`'
 `push_to_hub`, which re-encodes the shards and rewrites the card's YAML. The whole release is ONE commit, so a
 push that fails (offline, refused, connection cut) publishes nothing, and running it again completes it.
+
+A release of more than `MAX_FILES_PER_COMMIT` files (many shards) is more than the Hub advises for one commit. Pushed
+to `main`, it goes through a pull request: `create_pull_request`, then commits of at most that many files to its
+`refs/pr/N`, then `merge_pull_request`, so `main` moves from the old release to the new one in one step and a push
+cut off midway leaves `main` as it was (the open pull request holds the part that was uploaded). The Hub's pull
+requests target `main` only: pushed to another branch (`--revision`), such a release arrives in several commits on
+that branch, in order (deletions first), and the branch is whole only after the last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -17,6 +25,7 @@ from huggingface_hub import constants
 from .version import __version__
 from .errors import UgeError
 from .fetch import first_line as _first_line, offline
+from .progress import library_bars
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -25,6 +34,8 @@ if TYPE_CHECKING:
 _REPO_ID = re.compile(r"^[\w.-]{1,96}/[\w.-]{1,96}$", flags=re.ASCII)
 # Files of the Hub's own making that a release push neither uploads nor deletes.
 _HUB_FILES = {".gitattributes"}
+# The Hub's advice: at most about 100 files per commit (https://huggingface.co/docs/hub/storage-limits).
+MAX_FILES_PER_COMMIT = 100
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -74,6 +85,7 @@ def release_files(folder: str | os.PathLike) -> dict[str, Path]:
     return files
 
 
+@library_bars()
 def push_release(
     folder: str | os.PathLike,
     repo_id: str,
@@ -85,7 +97,9 @@ def push_release(
     force: bool = False,
     endpoint: str | None = None,
 ) -> "CommitInfo":
-    """Publish the release `folder` to the dataset repo `repo_id` as one commit; return the commit's info.
+    """Publish the release `folder` to the dataset repo `repo_id` as one commit (more than `MAX_FILES_PER_COMMIT`
+    files: a pull request of several commits, merged onto main in one step; see the module); return the (last)
+    commit's info, which names the pull request when there was one.
 
     Args:
         folder: a release folder written by `protect` (it must pass `verify_release`, or nothing is pushed).
@@ -149,15 +163,31 @@ def push_release(
             api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True, token=token)
         stage = "uploading the commit"
         specs = ", ".join(net.spec for net in uge.authorized)
-        return api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"uge-hf {__version__} release (authorized: {specs})",
-            commit_description=f"Pushed with `uge-hf push`. rho {uge.rho}, pixel bound {uge.pixel_bound}/255.",
-            repo_type="dataset",
-            revision=branch,
-            token=token,
-        )
+        message = commit_message or f"uge-hf {__version__} release (authorized: {specs})"
+        description = f"Pushed with `uge-hf push`. rho {uge.rho}, pixel bound {uge.pixel_bound}/255."
+        if len(operations) <= MAX_FILES_PER_COMMIT:
+            return api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
+                                     repo_type="dataset", revision=branch, token=token)
+        chunks = [operations[i:i + MAX_FILES_PER_COMMIT] for i in range(0, len(operations), MAX_FILES_PER_COMMIT)]
+        if branch is not None:  # no pull request can target it: the commits land on the branch one by one
+            for number, chunk in enumerate(chunks, 1):
+                stage = f"uploading commit {number} of {len(chunks)} to the branch {branch}"
+                info = api.create_commit(repo_id, chunk, commit_message=f"{message} ({number}/{len(chunks)})",
+                                         commit_description=description, repo_type="dataset", revision=branch,
+                                         token=token)
+            return info
+        stage = "opening the pull request that carries the release to main"
+        pr = api.create_pull_request(repo_id, title=message, repo_type="dataset", token=token,
+                                     description=f"{description} {len(operations)} files in {len(chunks)} commits,"
+                                                 " merged onto main in one step.")
+        for number, chunk in enumerate(chunks, 1):
+            stage = f"uploading commit {number} of {len(chunks)} to pull request #{pr.num}"
+            info = api.create_commit(repo_id, chunk, commit_message=f"{message} ({number}/{len(chunks)})",
+                                     commit_description=description, repo_type="dataset", revision=pr.git_reference,
+                                     token=token)
+        stage = f"merging pull request #{pr.num} onto main"
+        api.merge_pull_request(repo_id, pr.num, repo_type="dataset", token=token)
+        return dataclasses.replace(info, pr_url=pr.url)  # the last commit of the merged pull request, which it names
     except UgeError:
         raise
     except Exception as e:  # every Hub or network failure becomes one line; the commit is all or nothing
@@ -169,6 +199,12 @@ def _push_error(error: Exception, repo_id: str, stage: str, endpoint: str) -> Ex
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     rerun = "nothing was published (a release is one commit): run the same command again"
+    if "pull request #" in stage:  # the release reaches main only at the merge
+        number = stage.split("#")[1].split()[0]
+        rerun = (f"main is unchanged (the release reaches it only when pull request #{number} is merged): close that"
+                 " pull request and run the same command again")
+    elif "to the branch" in stage:
+        rerun = "the branch holds part of the release: run the same command again to complete it"
     if isinstance(error, OfflineModeIsEnabled):
         return UgeError(f"cannot push to {repo_id}: offline mode is on (HF_HUB_OFFLINE is set); {rerun} without it")
     if isinstance(error, HfHubHTTPError) and error.response is not None:

@@ -7,6 +7,7 @@ The method computes the protected images and what the card and the private folde
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -21,17 +22,18 @@ from .version import __version__
 from .apply import perturbation_stats, preview_grid
 from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, UgeBlock
 from .config import KEY_METHODS, ProtectConfig
-from .data import held_out_split, load_source, resolve_columns, source_label, to_pil_images, to_tensors
+from .data import held_out_split, load_source, resolve_columns, source_metadata, to_pil_images, to_tensors
 from .errors import UgeError
 from .files import json_bytes, portable
 from .methods import MethodInput, MethodResult, get_method
 from .private import private_dir_for, write_private
-from .progress import is_main_process
+from .progress import is_main_process, library_bars
 from .release import check_output_dir, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
 from .validate import validate_splits
 
 
+@library_bars()
 def protect(
     dataset: str | os.PathLike | Dataset | DatasetDict,
     authorized: str | list[str] | None = None,
@@ -66,6 +68,8 @@ def protect(
             values["authorized"] = authorized
         config = ProtectConfig.from_dict(values)
 
+    if output_dir is None and config.shard_rows is not None:
+        raise UgeError("shard_rows writes the release shard by shard: give an output folder")
     if output_dir is None and config.method in KEY_METHODS and config.key_file is None:
         raise UgeError(f"the {config.method} method needs an output folder: its key is written to OUTPUT.private/"
                        " beside it (or pass key_file= to protect with an existing key)")
@@ -75,7 +79,7 @@ def protect(
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
     splits = load_source(dataset)
-    source_name = source_label(dataset)
+    source = source_metadata(dataset, splits)
     missing = [split for split in config.splits if split not in splits]
     if missing:
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
@@ -83,6 +87,12 @@ def protect(
     fit_split = splits[config.splits[0]]
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
     class_names, image_size = validate_splits(splits, config, image_column, label_column)
+    if config.shard_rows is not None:  # the keyed method, shard by shard: no split is held in memory
+        from .sharded import protect_sharded
+
+        done = protect_sharded(splits, config, image_column, label_column, class_names, image_size, output, private,
+                               source)
+        return ProtectResult(*done) if done is not None else None
     clean = to_tensors(fit_split, image_column, label_column, image_size, class_names, progress=is_main_process())
 
     work_dir = output.parent / f"{output.name}.uge-work" if output is not None else None
@@ -90,6 +100,8 @@ def protect(
     result = get_method(config.method).protect(inputs)
 
     outcome = None
+    if result.resolved:  # what the run actually used, for the card and uge_config.json
+        config = dataclasses.replace(config, **result.resolved)
     if is_main_process():
         released = _released_splits(splits, config, result.protected, image_column, result.columns)
         card = _card_block(config, inputs, result, splits)
@@ -100,7 +112,7 @@ def protect(
             first = config.splits[0]
             preview = preview_grid(clean.images, result.protected[first])
             with write_private(private, result.private_files):
-                output = write_release(output, released, card, source_name, files, preview, config.num_shards,
+                output = write_release(output, released, card, source, files, preview, config.num_shards,
                                        overwrite, original=splits)
         outcome = ProtectResult(released, card, output, written.resolve() if written is not None else None)
     result.barrier()

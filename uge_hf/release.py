@@ -13,6 +13,7 @@ Layout (what `datasets.load_dataset(folder)` and the Hub read unchanged):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from datasets.table import embed_table_storage
 from PIL import Image
 
 from .card import UgeBlock, render_card
+from .data import SourceMetadata
 from .errors import UgeError
 from .files import check_output_dir, json_bytes, portable  # noqa: F401 (check_output_dir: importable from here as before)
 
@@ -35,7 +37,7 @@ def write_release(
     output_dir: str | Path,
     dataset: DatasetDict,
     uge: UgeBlock,
-    source: str,
+    source: str | SourceMetadata,
     files: dict[str, bytes],
     preview: Image.Image,
     num_shards: int | None = None,
@@ -47,7 +49,8 @@ def write_release(
     The release stands alone: every image of every split (protected or copied) is embedded as bytes, file paths
     are cut to their names, the splits share the first split's features (plain `Image()` columns), and absolute
     paths in the card and the JSON `files` are cut to their last component (`portable`). The card (`uge` block,
-    prose about `source`) is rendered once the shards exist, since it records their sizes. `files` maps
+    prose about `source`: its name, or a `SourceMetadata` whose license and Hub id
+    the card keeps) is rendered once the shards exist, since it records their sizes. `files` maps
     release-relative paths to their bytes (weights, configs). With `original` (the source splits), every
     protected pixel and every label is re-read from the staged shards and checked against it
     (`verify.check_against_source`): a failure is a UgeError and nothing is moved into place. A run that fails
@@ -57,7 +60,10 @@ def write_release(
     staging = output.parent / f".{output.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _stage(staging, dataset, portable(uge.to_dict()), portable(source), files, preview, num_shards)
+        if isinstance(source, str):
+            source = SourceMetadata(source)
+        source = dataclasses.replace(source, name=portable(source.name))
+        _stage(staging, dataset, portable(uge.to_dict()), source, files, preview, num_shards)
         if original is not None:
             from .verify import check_against_source
 
@@ -82,7 +88,7 @@ def write_release(
     return output
 
 
-def _stage(staging: Path, dataset: DatasetDict, uge: dict, source: str, files: dict[str, bytes],
+def _stage(staging: Path, dataset: DatasetDict, uge: dict, source: SourceMetadata, files: dict[str, bytes],
            preview: Image.Image, num_shards: int | None) -> None:
     """The release's files, in `staging`."""
     (staging / "data").mkdir(parents=True)
@@ -105,7 +111,7 @@ def _stage(staging: Path, dataset: DatasetDict, uge: dict, source: str, files: d
             content = json_bytes(portable(json.loads(content)))
         path.write_bytes(content)
     preview.save(staging / "preview.png", format="PNG")
-    render_card(uge, info, source).save(str(staging / "README.md"))
+    render_card(uge, info, source.name, license=source.license, hub_id=source.hub_id).save(str(staging / "README.md"))
 
 
 def standalone(ds: Dataset, features: Features) -> Dataset:

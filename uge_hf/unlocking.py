@@ -17,10 +17,12 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .errors import UgeError
+from .progress import library_bars
 
 UNLOCK_BATCH = 256
 
 
+@library_bars()
 def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str | None = None,
            on_the_fly: bool = False) -> DatasetDict:
     """The release's splits with every protected image replaced by its source image and the `unlock` column dropped.

@@ -54,7 +54,7 @@ def validate_splits(
             f"the images of split '{fit_name}' are {size[0]}x{size[1]} px: the networks need at least {MIN_SIDE} px"
             f" per side; pass --image-size {MIN_SIDE} (or more) to upsample them"
         )
-    _check_memory(splits, config.splits, size)
+    _check_memory(splits, config.splits, size, config.shard_rows)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if fit.num_rows < world:
         raise UgeError(f"split '{fit_name}' has {fit.num_rows} row(s), fewer than the {world} processes: run fewer")
@@ -111,9 +111,12 @@ def _check_images(name: str, split: datasets.Dataset, column: str) -> None:
             raise UgeError(f"split '{name}', row {row}, column '{column}': could not decode the image: {reason}") from None
 
 
-def _check_memory(splits: datasets.DatasetDict, protected: list[str], size: tuple[int, int]) -> None:
-    """The protected splits at the training resolution must fit in this machine's memory."""
+def _check_memory(splits: datasets.DatasetDict, protected: list[str], size: tuple[int, int],
+                  shard_rows: int | None = None) -> None:
+    """The protected splits at the training resolution must fit in this machine's memory (shard by shard: one shard)."""
     rows = sum(splits[name].num_rows for name in protected)
+    if shard_rows is not None:
+        rows = min(rows, shard_rows)
     need, have = rows * 3 * size[0] * size[1] * BYTES_PER_PIXEL, physical_memory()
     if have is not None and need > have:
         raise UgeError(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import UgeError
 from .layout import SHARD_NAME, release_data_files, release_path
+from .progress import library_bars
 
 if TYPE_CHECKING:
     from .card import AuthorizedEntry, UgeBlock
@@ -38,6 +39,7 @@ class Check:
         return f"{self.name}: {self.detail}"
 
 
+@library_bars()
 def verify_release(
     repo_or_dir: str | os.PathLike,
     original: Any = None,

@@ -42,4 +42,19 @@ class MethodResult:
     # split -> column -> one value per row, added to that protected split (the lock method's `unlock` blobs)
     columns: dict[str, dict[str, list]] = field(default_factory=dict)
     work_dir: Path | None = None  # the method's cache, removed once the release is written
+    # config fields the method resolved at run time (gradient-matching: `mixed_precision` None -> Accelerate's
+    # configured value): the card's `config` and uge_config.json record these, not the None that was given
+    resolved: dict[str, Any] = field(default_factory=dict)
     barrier: Callable[[], None] = lambda: None  # waits for every process of a multi-process run
+
+
+# Pixel values (rows x 3 x H x W) a per-row method processes at once: 2048 CIFAR-size rows. Bounded in values, not
+# rows: the keyed projection's float64 temporaries for 2048 rows at 224x224 took 9.6 GiB (benchmarks/scale.py).
+CHUNK_VALUES = 2048 * 3 * 32 * 32
+
+
+def chunk_rows(image_size: tuple[int, int]) -> int:
+    """Rows per chunk at `image_size` (H, W): as many as fit in `CHUNK_VALUES`, at least one. A per-row method's
+    output does not depend on it (each row's perturbation is a function of its index), only its peak memory."""
+    height, width = image_size
+    return max(1, CHUNK_VALUES // (3 * height * width))

@@ -28,10 +28,11 @@ from torch import Tensor
 from ..version import __version__
 from ..card import AuthorizedEntry
 from ..apply import protect_images, quantize_within_bound
-from ..config import GENERATOR_FREE_SOLVERS, ProtectConfig, Recipe
+from ..config import GENERATOR_FREE_SOLVERS, MIXED_PRECISION, ProtectConfig, Recipe
 from ..data import ClassificationTensors, held_out_split, to_tensors
 from ..encoders import Encoder, SurrogateEncoder, load_clip_encoder
 from ..progress import is_main_process
+from ..errors import UgeError
 from ..files import atomic_write, json_bytes, weights_bytes, weights_tensors
 from ..solver import FeatureTargets, build_step_context, refine_along_replay, refine_per_sample, train_generator
 from ..specs import ModelSpec, build_model
@@ -48,6 +49,8 @@ def protect(inputs: MethodInput) -> MethodResult:
     """Train the paper's perturbation on the first protected split and apply it to every protected split."""
     config, clean, splits = inputs.config, inputs.fit, inputs.splits
     class_names = clean.class_names
+    # the resolved precision is part of the config from here on: the work folder's key and the card record it
+    config = dataclasses.replace(config, mixed_precision=resolve_mixed_precision(config.mixed_precision))
     accelerator = _accelerator(config.mixed_precision)
     work_dir = _work_dir(inputs.work_dir, config, clean, accelerator)
     cache = _Cache(work_dir, accelerator)
@@ -91,7 +94,8 @@ def protect(inputs: MethodInput) -> MethodResult:
     if config.solver != "generator":
         protected_fit = quantize_within_bound(clean.images, x_u, config.pixel_bound)
 
-    result = MethodResult(protected={}, authorized=[], work_dir=work_dir, barrier=accelerator.wait_for_everyone)
+    result = MethodResult(protected={}, authorized=[], work_dir=work_dir, barrier=accelerator.wait_for_everyone,
+                          resolved={"mixed_precision": config.mixed_precision})
     if accelerator.is_main_process:
         result.protected = _apply(splits, config, generator, clean, protected_fit, inputs.image_column, inputs.label_column, accelerator.device)
         protected_fit = result.protected[config.splits[0]]
@@ -122,17 +126,47 @@ def protect(inputs: MethodInput) -> MethodResult:
     return result
 
 
-def _accelerator(mixed_precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+def resolve_mixed_precision(requested: str | None) -> str:
+    """The mixed precision to train G with: `requested` when given, else Accelerate's own configuration.
 
+    Accelerate's configuration, in its own order: `ACCELERATE_MIXED_PRECISION` (what `accelerate launch` exports
+    from its flags and config file, or what the user set), else the `mixed_precision` of the default config file
+    that `accelerate config` writes (a plain `python` or `torchrun` run does not read it otherwise), else "no".
+    Returns one of "no", "fp16", "bf16"; a configured value outside those is a UgeError naming where it came from.
+    """
+    from accelerate.commands.config import default_config_file, load_config_from_file
+
+    if requested is not None:
+        return requested
+    value, where = os.environ.get("ACCELERATE_MIXED_PRECISION"), "ACCELERATE_MIXED_PRECISION"
+    if not value and os.path.isfile(default_config_file):
+        try:
+            value, where = load_config_from_file(default_config_file).mixed_precision, default_config_file
+        except Exception as e:  # a broken Accelerate config file: the user's to fix, say which
+            raise UgeError(f"Accelerate's config file {default_config_file} cannot be read ({e}): fix it with"
+                           " `accelerate config`, or pass --mixed-precision") from None
+    value = str(getattr(value, "value", value) or "no").lower()  # the config file holds a PrecisionType enum
+    if value not in MIXED_PRECISION:
+        raise UgeError(f"Accelerate is configured with mixed precision {value!r} ({where}); uge-hf trains G with"
+                       f" {', '.join(MIXED_PRECISION)}: pass --mixed-precision")
+    return value
+
+
+def _accelerator(mixed_precision: str):
+    """Accelerate's `Accelerator` for this run, at `mixed_precision` (resolved: "no", "fp16" or "bf16").
+
+    Accelerate keeps one precision per process: when it was already set up in this process (an earlier protect()
+    call, the caller's own Accelerator) with another one, that is a UgeError (Accelerate itself would refuse).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, is_initialized
+
+    if is_initialized() and AcceleratorState().mixed_precision != mixed_precision:
+        raise UgeError(f"Accelerate is already set up in this process with mixed precision"
+                       f" {AcceleratorState().mixed_precision!r} and keeps it for the process's life: run protect() with"
+                       f" mixed_precision={mixed_precision!r} in a new process")
     # Accelerate only picks gloo for a multi-process launch (torchrun) when told to stay on the CPU.
     multi_process_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision:
-        # Accelerate keeps one state per process and refuses another precision; a second protect() call with
-        # another --mixed-precision replaces it (the process group, if any, is kept).
-        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision, cpu=multi_process_without_gpu)
 
 

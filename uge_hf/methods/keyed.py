@@ -16,20 +16,18 @@ from ..data import to_tensors
 from ..errors import UgeError
 from ..authorized import authorized_weights
 from ..key import KEY_FILE, KeyGeometry, SecretKey, key_json, load_secret_key, new_secret, protect_keyed
+from ..config import ProtectConfig
 from ..files import json_bytes
 from ..progress import is_main_process, progress_bar
-from .base import MethodInput, MethodResult
+from .base import MethodInput, MethodResult, chunk_rows
 
-CHUNK_ROWS = 2048  # rows protected at once: bounds memory, and the result does not depend on it
 # K(x_u) - K(T(x)) is exactly 0 in integer arithmetic; in float64 the projection leaves ~1e-12 levels.
 INVARIANCE_TOLERANCE_LEVELS = 1e-6
 
 
-def protect(inputs: MethodInput) -> MethodResult:
-    """Protect every protected split with one key (read from `config.key_file`, or drawn now)."""
-    config = inputs.config
+def run_key(config: ProtectConfig, num_classes: int, image_size: tuple[int, int]) -> SecretKey:
+    """The run's key: read from `config.key_file`, or drawn now; UgeError when it does not fit the settings."""
     settings = config.keyed
-    num_classes = len(inputs.fit.class_names)
     geometry = KeyGeometry(3, settings.tile, settings.groups, settings.grain)
     key = load_secret_key(config.key_file, num_classes) if config.key_file else SecretKey(new_secret(), geometry, num_classes)
     if key.geometry != geometry:
@@ -42,11 +40,20 @@ def protect(inputs: MethodInput) -> MethodResult:
         import warnings
 
         warnings.warn(f"{num_classes} classes but keyed.groups = {settings.groups} gives {2 ** (settings.groups - 1)}"
-                      " distinct textures: some classes share one; raise keyed.groups", stacklevel=2)
-    stage = key.stage()
-    height, width = inputs.fit.image_size
+                      " distinct textures: some classes share one; raise keyed.groups", stacklevel=3)
+    height, width = image_size
     if min(height, width) < settings.tile:
         raise UgeError(f"images of {height}x{width} are smaller than the key's {settings.tile}-pixel tile: set keyed.tile lower")
+    return key
+
+
+def protect(inputs: MethodInput) -> MethodResult:
+    """Protect every protected split with one key (read from `config.key_file`, or drawn now)."""
+    config = inputs.config
+    settings = config.keyed
+    num_classes = len(inputs.fit.class_names)
+    key = run_key(config, num_classes, inputs.fit.image_size)
+    stage = key.stage()
 
     protected, invariance, amplitudes = {}, [], []
     for name in config.splits:
@@ -56,9 +63,10 @@ def protect(inputs: MethodInput) -> MethodResult:
         )
         chunks = []
         with progress_bar(f"protecting {name}", total=len(tensors.images)) as advance:
-            for start in range(0, len(tensors.images), CHUNK_ROWS):
+            rows = chunk_rows(tuple(tensors.images.shape[2:]))  # bounds memory; the bytes do not depend on it
+            for start in range(0, len(tensors.images), rows):
                 out = protect_keyed(
-                    tensors.images[start : start + CHUNK_ROWS], tensors.labels[start : start + CHUNK_ROWS], key,
+                    tensors.images[start : start + rows], tensors.labels[start : start + rows], key,
                     config.pixel_bound, first_row=start, signs=settings.signs, amplitude=settings.amplitude,
                     pull=settings.pull, stage=stage,
                 )
@@ -73,30 +81,46 @@ def protect(inputs: MethodInput) -> MethodResult:
     over = int((invariance > INVARIANCE_TOLERANCE_LEVELS).sum())
     if over:
         raise UgeError(f"{over} protected images fail the invariance check K(x_u) = K(T(x)) (a bug: please report it)")
-    regions = (height // settings.tile) * (width // settings.tile)
     result = MethodResult(protected=protected, authorized=[])
-    result.card = {"key": {
-        # anyone who reads these settings can apply K when S spans every cell: the authorization is then public
-        "stage_is_public": geometry.stage_is_public,
-        "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
-        "signs": settings.signs,
-        "amplitude_levels": config.pixel_bound if settings.amplitude is None else min(settings.amplitude, config.pixel_bound),
-        "pull_levels": settings.pull,
-    }}
+    result.card = key_block(config, key, inputs.fit.image_size)
     result.results = {
         "invariance": {"max_levels": float(invariance.max()), "tolerance_levels": INVARIANCE_TOLERANCE_LEVELS,
                        "images_checked": len(invariance), "images_over_tolerance": over},
         "mean_signal_levels": round(sum(a * n for a, n in amplitudes) / sum(n for _, n in amplitudes), 3),
     }
-    result.private_files[KEY_FILE] = key_json(key)
+    result.authorized, result.private_files = key_outputs(config, key, stage, inputs.fit.image_size)
+    return result
+
+
+def key_block(config: ProtectConfig, key: SecretKey, image_size: tuple[int, int]) -> dict:
+    """The card's `key:` block (the method's settings as used)."""
+    settings = config.keyed
+    height, width = image_size
+    regions = (height // settings.tile) * (width // settings.tile)
+    return {"key": {
+        # anyone who reads these settings can apply K when S spans every cell: the authorization is then public
+        "stage_is_public": key.geometry.stage_is_public,
+        "tile": settings.tile, "groups": settings.groups, "grain": settings.grain, "dimensions": settings.groups * regions,
+        "signs": settings.signs,
+        "amplitude_levels": config.pixel_bound if settings.amplitude is None else min(settings.amplitude, config.pixel_bound),
+        "pull_levels": settings.pull,
+    }}
+
+
+def key_outputs(config: ProtectConfig, key: SecretKey, stage, image_size: tuple[int, int]
+                ) -> tuple[list[AuthorizedEntry], dict[str, bytes]]:
+    """The card's authorized entries and the private folder's files: key.json, and per spec the authorized weights
+    (key stage + backbone init) with their config.json."""
+    settings, num_classes = config.keyed, key.num_classes
+    authorized, private_files = [], {KEY_FILE: key_json(key)}
     for spec in config.authorized:
         weights = authorized_weights(spec, stage, num_classes)
         entry = AuthorizedEntry.from_spec(spec, num_classes, hashlib.sha256(weights).hexdigest(), private=True,
                                           input_stage="key")
-        result.authorized.append(entry)
-        result.private_files[f"authorized/{spec}/model.safetensors"] = weights
-        result.private_files[f"authorized/{spec}/config.json"] = json_bytes({
+        authorized.append(entry)
+        private_files[f"authorized/{spec}/model.safetensors"] = weights
+        private_files[f"authorized/{spec}/config.json"] = json_bytes({
             **entry.to_dict(), "method": "keyed", "tile": settings.tile, "groups": settings.groups, "grain": settings.grain,
-            "image_size": list(inputs.fit.image_size), "recipe": vars(config.recipe),
+            "image_size": list(image_size), "recipe": vars(config.recipe),
         })
-    return result
+    return authorized, private_files

@@ -19,9 +19,8 @@ from ..lock import UNLOCK_COLUMN, LockKey, load_lock_key, pack_residuals, row_bi
 from ..poisons import apply_poison, poison
 from ..progress import is_main_process, progress_bar
 from ..specs import ModelSpec, init_sha256
-from .base import MethodInput, MethodResult
+from .base import MethodInput, MethodResult, chunk_rows
 
-CHUNK_ROWS = 2048  # rows poisoned at once: bounds memory; the result does not depend on it
 
 
 def protect(inputs: MethodInput) -> MethodResult:
@@ -43,8 +42,9 @@ def protect(inputs: MethodInput) -> MethodResult:
         shape = tuple(tensors.images.shape[1:])
         chunks, packed[name], bindings[name] = [], [], []
         with progress_bar(f"locking {name}", total=len(tensors.images)) as advance:
-            for start in range(0, len(tensors.images), CHUNK_ROWS):
-                images, labels = tensors.images[start : start + CHUNK_ROWS], tensors.labels[start : start + CHUNK_ROWS]
+            rows = chunk_rows(tuple(tensors.images.shape[2:]))  # bounds memory; the bytes do not depend on it
+            for start in range(0, len(tensors.images), rows):
+                images, labels = tensors.images[start : start + rows], tensors.labels[start : start + rows]
                 delta = poison(config.lock.poison, poison_secret, labels, num_classes, shape, config.pixel_bound, start)
                 locked = apply_poison(images, delta)
                 chunks.append(locked)
