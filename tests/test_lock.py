@@ -241,3 +241,52 @@ def test_cli_protect_lock_then_verify_with_the_key(tmp_path):
     result = runner.invoke(app, ["verify", str(out), "--key", str(private_of(out)), "--original", str(source)])
     assert result.exit_code == 0, result.output
     assert "unlock train: 32 rows unlock to the source images bit for bit" in result.output
+
+
+# --- found by trying to break it (each a fault that was fixed) ------------------------------------------------------
+
+
+def labelled_source(labels: list) -> DatasetDict:
+    """The tiny source with its ClassLabel replaced by plain `labels` (strings, or ints that are not 0..K-1)."""
+    from datasets import Value
+
+    def relabel(split):
+        values = [labels[i % len(labels)] for i in range(split.num_rows)]
+        kind = Value("string") if isinstance(labels[0], str) else Value("int64")
+        return split.remove_columns("category").add_column("category", values, feature=kind)
+
+    return DatasetDict({name: relabel(split) for name, split in source_splits().items()})
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog", "ship"], [3, 7, 11]], ids=["strings", "sparse-ints"])
+def test_a_release_whose_labels_are_not_class_indices_unlocks(labels, tmp_path):
+    # was: the blob is bound to the class *index*, unlock bound the *stored* label: strings crashed with a
+    # ValueError traceback, the ints 3, 7, 11 failed authentication on row 0: such a release could never be unlocked
+    source = labelled_source(labels)
+    out = tmp_path / "locked"
+    uge_hf.protect(source, output_dir=out, label_column="category", **LOCK_OPTIONS)
+    names = read_uge_block(out)["class_names"]
+    clean = to_tensors(source["train"], "picture", "category", class_names=names).images.permute(0, 2, 3, 1).numpy()
+    for on_the_fly in (False, True):
+        train = uge_hf.unlock(out, key=private_of(out), on_the_fly=on_the_fly)["train"]
+        assert np.array_equal(np.stack([np.asarray(train[i]["picture"]) for i in range(train.num_rows)]), clean)
+        assert train["category"] == source["train"]["category"]
+    assert all(c.ok for c in uge_hf.verify_release(out, original=source, key=private_of(out)))
+    # a label the card does not know is named with its row, not a traceback
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    shard = next((copy / "data").glob("train-*.parquet"))
+    table = pq.read_table(shard)
+    column = table.column("category").to_pylist()
+    column[2] = "owl" if isinstance(labels[0], str) else 5
+    pq.write_table(table.set_column(table.schema.get_field_index("category"), "category", [column]), shard)
+    with pytest.raises(UgeError, match=r"train row 2: its label .* is none of the card's 3 classes"):
+        uge_hf.unlock(copy, key=private_of(out))
+
+
+def test_on_the_fly_unlock_of_a_split_without_its_unlock_column_fails_at_once(lock_release, tmp_path):
+    # was: a KeyError traceback ('unlock') at the first row read; the full unlock named the missing column
+    copy = Path(shutil.copytree(lock_release, tmp_path / "copy"))
+    shard = next((copy / "data").glob("train-*.parquet"))
+    pq.write_table(pq.read_table(shard).drop(["unlock"]), shard)
+    with pytest.raises(UgeError, match="split train of the release has no column unlock: it cannot be unlocked"):
+        uge_hf.unlock(copy, key=private_of(lock_release), on_the_fly=True)

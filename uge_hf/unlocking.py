@@ -49,8 +49,9 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
         if name not in uge.protected_splits:
             out[name] = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
         elif on_the_fly:
+            opener._check_columns(split, name)  # here, not as a KeyError at the first row read
             split = split.with_format(None)
-            split.set_transform(opener.transform(name))
+            split.set_transform(opener.transform(name, split.features[opener.label_column]))
             out[name] = split
         else:
             out[name] = opener.unlock_split(split, name)
@@ -60,12 +61,13 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
 class RowUnlocker:
     """Opens the rows of one lock release with one key (from the card's `uge:` block and the key file)."""
 
-    def __init__(self, key, image_column: str, label_column: str, unlock_column: str):
+    def __init__(self, key, image_column: str, label_column: str, unlock_column: str, class_names: list[str]):
         # plain bytes, not the cipher object: the unlocker (and a set_transform holding it) pickles, as DataLoader
         # workers and datasets' fingerprinting need
         self.cipher_key = key.cipher_key
         self.key_fingerprint = key.fingerprint
         self.image_column, self.label_column, self.unlock_column = image_column, label_column, unlock_column
+        self.class_names = list(class_names)
 
     @property
     def cipher(self):
@@ -85,18 +87,23 @@ class RowUnlocker:
         if lock_key.fingerprint != lock["key_sha256"]:
             raise UgeError(f"the key {key} is not this release's key (its sha256 is not the card's"
                            f" {lock['key_sha256'][:16]}...)")
-        return cls(lock_key, card.image_column, card.label_column, lock["unlock_column"])
+        return cls(lock_key, card.image_column, card.label_column, lock["unlock_column"], card.class_names)
 
-    def unlock_images(self, images: list, labels: list[int], blobs: list[bytes], where: Callable[[int], str]) -> list:
-        """Source images (PIL, RGB) of released PIL `images`, their labels and unlock blobs."""
+    def unlock_images(self, images: list, labels: list, blobs: list[bytes], where: Callable[[int], str],
+                      feature) -> list:
+        """Source images (PIL, RGB) of released PIL `images`, their stored labels and unlock blobs.
+
+        `feature`: the label column's feature in the release (a ClassLabel's ints index its names; other labels
+        name their class themselves), to find the class index each blob is bound to.
+        """
         from PIL import Image
 
         from .lock import unlock_pixels
 
-        out, cipher = [], self.cipher
+        out, cipher, index_of = [], self.cipher, label_indexer(self.class_names, feature)
         for offset, (image, label, blob) in enumerate(zip(images, labels, blobs, strict=True)):
             pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
-            source = unlock_pixels(cipher, pixels, label, blob, where(offset))
+            source = unlock_pixels(cipher, pixels, index_of(label, where(offset)), blob, where(offset))
             out.append(Image.fromarray(np.ascontiguousarray(source.transpose(1, 2, 0))))
         return out
 
@@ -107,16 +114,18 @@ class RowUnlocker:
         def batch_unlock(batch: dict, indices: list[int]) -> dict:
             batch[self.image_column] = self.unlock_images(
                 batch[self.image_column], batch[self.label_column], batch[self.unlock_column],
-                lambda offset: f"{name} row {indices[offset]}")
+                lambda offset: f"{name} row {indices[offset]}", split.features[self.label_column])
             return batch
 
         return split.map(batch_unlock, batched=True, batch_size=UNLOCK_BATCH, with_indices=True,
                          remove_columns=[self.unlock_column], desc=f"unlocking {name}", load_from_cache_file=False,
                          new_fingerprint=hashlib.sha256(f"{split._fingerprint} {self.key_fingerprint}".encode()).hexdigest()[:32])
 
-    def transform(self, name: str) -> Callable[[dict], dict]:
-        """A `set_transform` function unlocking each batch as it is read (row numbers unknown: named by label)."""
-        return _UnlockTransform(self, name)
+    def transform(self, name: str, feature) -> Callable[[dict], dict]:
+        """A `set_transform` function unlocking each batch as it is read (row numbers unknown: named by label).
+
+        `feature`: the label column's feature in the release (see `unlock_images`)."""
+        return _UnlockTransform(self, name, feature)
 
     def _check_columns(self, split: Dataset, name: str) -> None:
         missing = [c for c in (self.image_column, self.label_column, self.unlock_column) if c not in split.column_names]
@@ -124,11 +133,33 @@ class RowUnlocker:
             raise UgeError(f"split {name} of the release has no column {', '.join(missing)}: it cannot be unlocked")
 
 
+def label_indexer(class_names: list[str], feature=None) -> Callable[[object, str], int]:
+    """(stored label, where) -> the class index protect bound the row's blob to (the card's `class_names` order).
+
+    protect encodes labels to class indices (`uge_hf.data.class_names_and_encoder`): a ClassLabel's ints index its
+    names, integer labels are named `str(value)` and ranked, strings name themselves. A release keeps the stored
+    labels, so the ints 3, 7, 11 or the strings "cat", "dog" must be mapped back before the binding is computed.
+    """
+    from datasets import ClassLabel
+
+    index = {name: i for i, name in enumerate(class_names)}
+    names = feature.names if isinstance(feature, ClassLabel) else None
+
+    def index_of(label, where: str) -> int:
+        integer = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
+        name = names[label] if names is not None and integer and 0 <= label < len(names) else str(label)
+        if name not in index:
+            raise UgeError(f"{where}: its label {label!r} is none of the card's {len(class_names)} classes")
+        return index[name]
+
+    return index_of
+
+
 class _UnlockTransform:
     """A picklable `set_transform` callable (datasets fingerprints a transform by pickling it)."""
 
-    def __init__(self, unlocker: RowUnlocker, name: str):
-        self.unlocker, self.name = unlocker, name
+    def __init__(self, unlocker: RowUnlocker, name: str, feature):
+        self.unlocker, self.name, self.feature = unlocker, name, feature
 
     def __call__(self, batch: dict) -> dict:
         from datasets import Image
@@ -138,7 +169,7 @@ class _UnlockTransform:
         labels = batch[u.label_column]
         batch[u.image_column] = u.unlock_images(
             images, labels, batch.pop(u.unlock_column),
-            lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly")
+            lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly", self.feature)
         return batch
 
 
