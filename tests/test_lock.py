@@ -290,3 +290,24 @@ def test_on_the_fly_unlock_of_a_split_without_its_unlock_column_fails_at_once(lo
     pq.write_table(pq.read_table(shard).drop(["unlock"]), shard)
     with pytest.raises(UgeError, match="split train of the release has no column unlock: it cannot be unlocked"):
         uge_hf.unlock(copy, key=private_of(lock_release), on_the_fly=True)
+
+
+def test_cli_unlock_refuses_an_output_that_would_destroy_or_leak_into_the_release_or_the_key(lock_release, tmp_path):
+    # was: `--output RELEASE/clean` wrote the clean images inside the release (published by the next push), and
+    # `--output RELEASE --overwrite` or `--output KEYFOLDER --overwrite` replaced the release or deleted the key
+    release = Path(shutil.copytree(lock_release, tmp_path / "release"))
+    private = Path(shutil.copytree(private_of(lock_release), tmp_path / "release.private"))
+    runner = CliRunner()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for output, extra, message in [
+        (release / "clean", [], "is inside the release folder"),
+        (release, ["--overwrite"], "is the release folder or holds it: --overwrite would delete the release"),
+        (tmp_path, ["--overwrite"], "is the release folder or holds it"),
+        (private, ["--overwrite"], "holds the key"),
+    ]:
+        result = runner.invoke(app, ["unlock", str(release), "--key", str(private), "--output", str(output), *extra])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    result = runner.invoke(app, ["unlock", str(release), "--key", str(private / "key.json"), "--output", str(private / "x")])
+    assert result.exit_code == 0, result.output  # beside the key, inside its folder, is fine: nothing is replaced
+    assert (private / "key.json").is_file()

@@ -17,6 +17,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .errors import UgeError
+from .keyfile import KEY_FILE
 
 UNLOCK_BATCH = 256
 
@@ -182,10 +183,13 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
     """
     import shutil
 
+    from .fetch import fetch_release
     from .files import check_output_dir
 
     output = check_output_dir(output_dir, overwrite).resolve()
-    unlocked = unlock(release, key, revision=revision)  # fails on a bad key or row before anything is written
+    folder = fetch_release(release, revision)
+    _check_apart(output, folder.resolve(), Path(key).expanduser().resolve())
+    unlocked = unlock(folder, key)  # fails on a bad key or row before anything is written
     staging = output.parent / f".{output.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -200,3 +204,18 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def _check_apart(output: Path, release: Path, key: Path) -> None:
+    """Refuse an output that would destroy the release or the key (`--overwrite` replaces the whole output folder),
+    or put the clean images inside the release folder (where a later `push` or `load_dataset` of it would find them)."""
+    if output == release or output in release.parents:
+        raise UgeError(f"the output {output} is the release folder or holds it: --overwrite would delete the release;"
+                       " choose a folder outside it")
+    if release in output.parents:
+        raise UgeError(f"the output {output} is inside the release folder {release}: the clean images would be"
+                       " published with it; choose a folder outside the release")
+    key_file = key / KEY_FILE if key.is_dir() else key
+    if output == key_file.parent or output in key_file.parents:
+        raise UgeError(f"the output {output} holds the key {key_file}: writing there would delete it; choose another"
+                       " folder")
