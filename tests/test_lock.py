@@ -311,3 +311,27 @@ def test_cli_unlock_refuses_an_output_that_would_destroy_or_leak_into_the_releas
     result = runner.invoke(app, ["unlock", str(release), "--key", str(private / "key.json"), "--output", str(private / "x")])
     assert result.exit_code == 0, result.output  # beside the key, inside its folder, is fine: nothing is replaced
     assert (private / "key.json").is_file()
+
+
+def to_tensors_batch(batch: dict) -> dict:
+    """A user's transform: PIL images to uint8 (C, H, W) tensors, so a DataLoader's default collate stacks them."""
+    batch["picture"] = [torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in batch["picture"]]
+    return batch
+
+
+def test_on_the_fly_unlock_takes_the_users_transform_and_feeds_a_dataloader_with_workers(lock_release):
+    # was: the unlock is the split's set_transform, so the usual `with_format("torch")` (or a second set_transform)
+    # silently replaced it and a DataLoader read the poisoned images; `transform=` now runs after the unlock
+    from torch.utils.data import DataLoader
+
+    clean = source_tensors().images
+    lazy = uge_hf.unlock(lock_release, key=private_of(lock_release), on_the_fly=True, transform=to_tensors_batch)["train"]
+    shuffled = lazy.shuffle(seed=0).filter(lambda row: row["category"] != 2)
+    rows = [int(caption.split()[1]) for caption in shuffled["caption"]]
+    loader = DataLoader(shuffled, batch_size=5, num_workers=2)
+    images = torch.cat([batch["picture"] for batch in loader])
+    assert torch.equal(images, clean[rows])
+    full = uge_hf.unlock(lock_release, key=private_of(lock_release), transform=to_tensors_batch)["train"]
+    assert torch.equal(full[0:4]["picture"][0], clean[0])
+    with pytest.raises(UgeError, match="split train unlocks on the fly from its columns picture, category and unlock"):
+        lazy.remove_columns("unlock")[0]

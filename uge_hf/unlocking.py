@@ -23,7 +23,7 @@ UNLOCK_BATCH = 256
 
 
 def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str | None = None,
-           on_the_fly: bool = False) -> DatasetDict:
+           on_the_fly: bool = False, transform: Callable[[dict], dict] | None = None) -> DatasetDict:
     """The release's splits with every protected image replaced by its source image and the `unlock` column dropped.
 
     Args:
@@ -31,7 +31,11 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
         key: the publisher's `key.json`, or the private folder holding it.
         revision: Hub revision of the release.
         on_the_fly: unlock rows as they are read (`Dataset.set_transform`), for data too large to unlock up front;
-            images then come back as PIL images and errors surface when a bad row is read.
+            images then come back as PIL images and errors surface when a bad row is read. The unlock *is* the
+            split's format: `with_format("torch")`, `set_format`, `set_transform`, `to_list` or `to_pandas` read
+            the released (poisoned) images instead; pass your own conversion as `transform`.
+        transform: a `set_transform` function (batch dict -> batch dict) applied to every split as it is read,
+            after the unlock with `on_the_fly` (e.g. PIL images to tensors for a DataLoader).
 
     Returns: a `DatasetDict` of every split in the release; images as `datasets.Image` (PNG, lossless).
 
@@ -48,14 +52,19 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
     out = {}
     for name, split in splits.items():
         if name not in uge.protected_splits:
-            out[name] = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
+            split = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
         elif on_the_fly:
             opener._check_columns(split, name)  # here, not as a KeyError at the first row read
             split = split.with_format(None)
-            split.set_transform(opener.transform(name, split.features[opener.label_column]))
+            # one transform: a second set_transform (or with_format) would replace the unlock, not follow it
+            split.set_transform(opener.transform(name, split.features[opener.label_column], transform))
             out[name] = split
+            continue
         else:
-            out[name] = opener.unlock_split(split, name)
+            split = opener.unlock_split(split, name)
+        if transform is not None:
+            split.set_transform(transform)
+        out[name] = split
     return DatasetDict(out)
 
 
@@ -122,11 +131,11 @@ class RowUnlocker:
                          remove_columns=[self.unlock_column], desc=f"unlocking {name}", load_from_cache_file=False,
                          new_fingerprint=hashlib.sha256(f"{split._fingerprint} {self.key_fingerprint}".encode()).hexdigest()[:32])
 
-    def transform(self, name: str, feature) -> Callable[[dict], dict]:
+    def transform(self, name: str, feature, then: Callable[[dict], dict] | None = None) -> Callable[[dict], dict]:
         """A `set_transform` function unlocking each batch as it is read (row numbers unknown: named by label).
 
-        `feature`: the label column's feature in the release (see `unlock_images`)."""
-        return _UnlockTransform(self, name, feature)
+        `feature`: the label column's feature in the release (see `unlock_images`); `then`: applied after."""
+        return _UnlockTransform(self, name, feature, then)
 
     def _check_columns(self, split: Dataset, name: str) -> None:
         missing = [c for c in (self.image_column, self.label_column, self.unlock_column) if c not in split.column_names]
@@ -159,19 +168,22 @@ def label_indexer(class_names: list[str], feature=None) -> Callable[[object, str
 class _UnlockTransform:
     """A picklable `set_transform` callable (datasets fingerprints a transform by pickling it)."""
 
-    def __init__(self, unlocker: RowUnlocker, name: str, feature):
-        self.unlocker, self.name, self.feature = unlocker, name, feature
+    def __init__(self, unlocker: RowUnlocker, name: str, feature, then: Callable[[dict], dict] | None = None):
+        self.unlocker, self.name, self.feature, self.then = unlocker, name, feature, then
 
     def __call__(self, batch: dict) -> dict:
         from datasets import Image
 
         u = self.unlocker
+        if u.unlock_column not in batch or u.image_column not in batch or u.label_column not in batch:
+            raise UgeError(f"split {self.name} unlocks on the fly from its columns {u.image_column}, {u.label_column} "
+                           f"and {u.unlock_column}: keep them (unlock without on_the_fly to drop columns)")
         images = [Image().decode_example(value) for value in batch[u.image_column]]
         labels = batch[u.label_column]
         batch[u.image_column] = u.unlock_images(
             images, labels, batch.pop(u.unlock_column),
             lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly", self.feature)
-        return batch
+        return batch if self.then is None else self.then(batch)
 
 
 def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_dir: str | os.PathLike, *,
