@@ -335,3 +335,18 @@ def test_on_the_fly_unlock_takes_the_users_transform_and_feeds_a_dataloader_with
     assert torch.equal(full[0:4]["picture"][0], clean[0])
     with pytest.raises(UgeError, match="split train unlocks on the fly from its columns picture, category and unlock"):
         lazy.remove_columns("unlock")[0]
+
+
+def test_a_source_with_an_unlock_column_is_refused_before_any_row_is_poisoned(tmp_path, monkeypatch):
+    # was: refused only after every row of every split was poisoned and sealed (minutes on a large dataset)
+    import uge_hf.methods.lock as lock_method
+
+    def no_poison(*args, **kwargs):
+        raise AssertionError("poisoned before the column check")
+
+    monkeypatch.setattr(lock_method, "poison", no_poison)
+    source = DatasetDict({name: split.add_column("unlock", ["mine"] * split.num_rows)
+                          for name, split in source_splits().items()})
+    with pytest.raises(UgeError, match="adds a column 'unlock', but split train already has one: rename it"):
+        uge_hf.protect(source, output_dir=tmp_path / "out", **LOCK_OPTIONS)
+    assert not (tmp_path / "out").exists()
