@@ -350,3 +350,53 @@ def test_a_source_with_an_unlock_column_is_refused_before_any_row_is_poisoned(tm
     with pytest.raises(UgeError, match="adds a column 'unlock', but split train already has one: rename it"):
         uge_hf.protect(source, output_dir=tmp_path / "out", **LOCK_OPTIONS)
     assert not (tmp_path / "out").exists()
+
+
+def bad_keys(lock_release: Path, folder: Path) -> list[tuple[Path, str]]:
+    """(key path, the message it must give): keys a user could pass by mistake, each refused in one line."""
+    import json
+
+    good = json.loads((private_of(lock_release) / "key.json").read_text())
+    folder.mkdir()
+    cases = {
+        "truncated.json": ((private_of(lock_release) / "key.json").read_text()[:60], "is not a uge-hf key file"),
+        "garbled.json": (json.dumps({**good, "secret": "zz" * 32}), "is not a uge-hf key file"),
+        "classes.json": (json.dumps({**good, "num_classes": 10}), "was made for 10 classes; this dataset has 4"),
+        "text-classes.json": (json.dumps({**good, "num_classes": "4"}), "has num_classes '4', not a whole number"),
+        "keyed.json": (json.dumps({**good, "method": "keyed"}), "is a key of the keyed method; this needs a lock key"),
+        "other.json": (json.dumps({**good, "secret": "ab" * 32}), "is not this release's key"),
+    }
+    out = []
+    for name, (text, message) in cases.items():
+        (folder / name).write_text(text)
+        out.append((folder / name, message))
+    (folder / "empty").mkdir()
+    out.append((folder / "empty", "no key file at"))
+    (folder / "dir-named-key" / "key.json").mkdir(parents=True)  # was: IsADirectoryError traceback
+    out.append((folder / "dir-named-key", "cannot read the key file .*key.json: Is a directory"))
+    return out
+
+
+def test_every_bad_key_is_one_line_at_every_entry_point_and_writes_nothing(lock_release, tmp_path):
+    import re
+
+    from uge_hf.evaluate import EvaluateConfig, evaluate
+
+    config = EvaluateConfig(hackers=["lenet-w2-seed1"], epochs=1, peak_epoch=False)
+    runner = CliRunner()
+    for key, message in bad_keys(lock_release, tmp_path / "keys"):
+        with pytest.raises(UgeError, match=message):
+            uge_hf.unlock(lock_release, key=key)
+        with pytest.raises(UgeError, match=message):
+            evaluate(lock_release, source_splits(), config, cache_dir=tmp_path / "cache", key=key)
+        with pytest.raises(UgeError, match=message):
+            uge_hf.unlock(lock_release, key=key, on_the_fly=True)
+        with pytest.raises(UgeError, match=message):
+            uge_hf.train_authorized(lock_release, key=key, epochs=1)
+        failed = [c for c in uge_hf.verify_release(lock_release, key=key) if not c.ok]
+        assert [c.name for c in failed] == ["unlock"] and re.search(message, failed[0].detail), (key, failed)
+        out = tmp_path / "out"
+        result = runner.invoke(app, ["unlock", str(lock_release), "--key", str(key), "--output", str(out)])
+        assert result.exit_code == 1 and re.search(message, result.output), (key, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+        assert not out.exists() and not list(tmp_path.glob(".out*"))

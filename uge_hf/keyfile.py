@@ -47,6 +47,8 @@ def read_key_file(path: str | Path, method: str) -> tuple[bytes, dict]:
             raise ValueError(f"its secret is {len(secret)} bytes, not {KEY_BYTES}")
     except FileNotFoundError:
         raise UgeError(f"no key file at {path}") from None
+    except OSError as e:  # a folder named key.json, no permission to read it, ...: one line, not a traceback
+        raise UgeError(f"cannot read the key file {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
     found = data.get("method", "keyed")
