@@ -400,3 +400,42 @@ def test_every_bad_key_is_one_line_at_every_entry_point_and_writes_nothing(lock_
         assert result.exit_code == 1 and re.search(message, result.output), (key, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
         assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def rewrite_train_shard(release: Path, tmp_path: Path, edit) -> Path:
+    """A copy of `release` whose train shard is `edit(table)`."""
+    copy = Path(shutil.copytree(release, tmp_path / "copy"))
+    shard = next((copy / "data").glob("train-*.parquet"))
+    pq.write_table(edit(pq.read_table(shard)), shard)
+    return copy
+
+
+def test_a_deleted_row_is_refused_but_re_encoded_shards_still_unlock(lock_release, tmp_path):
+    # was: a row deleted from a shard unlocked silently (every other blob opens on its own): 31 of 32 rows back
+    copy = rewrite_train_shard(lock_release, tmp_path, lambda table: table.take([i for i in range(32) if i != 4]))
+    for on_the_fly in (False, True):
+        with pytest.raises(UgeError, match="split train of the release has 31 rows, its card says 32: rows were deleted"):
+            uge_hf.unlock(copy, key=private_of(lock_release), on_the_fly=on_the_fly)
+    shutil.rmtree(copy)
+
+    import io
+
+    from PIL import Image
+
+    def resave(table):  # the same pixels, other PNG bytes (another compressor setting, an RGBA copy)
+        images = table.column("picture").to_pylist()
+        for i, value in enumerate(images):
+            image, buffer = Image.open(io.BytesIO(value["bytes"])), io.BytesIO()
+            (image.convert("RGBA") if i % 2 else image).save(buffer, format="PNG", compress_level=1)
+            assert buffer.getvalue() != value["bytes"]
+            images[i] = {**value, "bytes": buffer.getvalue()}
+        table = table.set_column(table.schema.get_field_index("picture"), "picture", [images])
+        # and, as a shard rewritten by pandas or pyarrow, without datasets' feature metadata: was an AttributeError
+        # traceback (images read as {bytes, path} dicts), on the fly "label 0 is none of the card's classes"
+        return table.replace_schema_metadata(None)
+
+    copy = rewrite_train_shard(lock_release, tmp_path, resave)
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    for on_the_fly in (False, True):
+        train = uge_hf.unlock(copy, key=private_of(lock_release), on_the_fly=on_the_fly)["train"]
+        assert np.array_equal(np.stack([np.asarray(train[i]["picture"]) for i in range(32)]), clean)

@@ -49,12 +49,28 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
     uge = read_card(folder)
     opener = RowUnlocker.from_card(uge, key)
     splits = load_release(folder)
+    info = _card_info(folder)
+    for name in [name for name in uge.protected_splits if name in splits]:
+        opener._check_columns(splits[name], name)  # here, not as a KeyError at the first row read on the fly
+        if info is None:
+            continue
+        rows = info.splits[name].num_examples if name in (info.splits or {}) else None
+        # every blob opens on its own, so a deleted (or duplicated) row would go unnoticed: the card counts them
+        if rows is not None and splits[name].num_rows != rows:
+            raise UgeError(f"split {name} of the release has {splits[name].num_rows} rows, its card says {rows}: rows"
+                           " were deleted or added (`uge-hf verify` names the shards)")
+        if info.features is not None and splits[name].features != info.features:
+            # shards rewritten by another tool (pandas, pyarrow) lose datasets' feature metadata: images come back as
+            # {bytes, path} dicts and a ClassLabel as plain ints; the card says what they are
+            try:
+                splits[name] = splits[name].cast(info.features)
+            except (ValueError, TypeError, KeyError, NotImplementedError) as e:  # pyarrow's cast errors
+                raise UgeError(f"split {name} of the release does not have the card's features ({e})") from None
     out = {}
     for name, split in splits.items():
         if name not in uge.protected_splits:
             split = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
         elif on_the_fly:
-            opener._check_columns(split, name)  # here, not as a KeyError at the first row read
             split = split.with_format(None)
             # one transform: a second set_transform (or with_format) would replace the unlock, not follow it
             split.set_transform(opener.transform(name, split.features[opener.label_column], transform))
@@ -66,6 +82,18 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
             split.set_transform(transform)
         out[name] = split
     return DatasetDict(out)
+
+
+def _card_info(folder: Path):
+    """The card's `dataset_info` (features, rows per split) as a `datasets.DatasetInfo`, or None if it has none."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
+    try:
+        infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(Path(folder) / "README.md").data)
+    except Exception:  # the card was read (and checked) by read_card already; dataset_info is optional there
+        return None
+    return infos.get("default") or next(iter(infos.values()), None)
 
 
 class RowUnlocker:
