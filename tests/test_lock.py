@@ -154,6 +154,7 @@ def test_the_same_key_and_source_give_the_same_release_bytes(lock_release, tmp_p
                    **{k: v for k, v in LOCK_OPTIONS.items()})
     for shard in (lock_release / "data").glob("*.parquet"):
         assert pq.read_table(shard).equals(pq.read_table(again / "data" / shard.name)), shard.name
+        assert shard.read_bytes() == (again / "data" / shard.name).read_bytes(), shard.name  # the files, byte for byte
     assert (private_of(again) / "key.json").read_bytes() == (private_of(lock_release) / "key.json").read_bytes()
 
 
@@ -439,3 +440,35 @@ def test_a_deleted_row_is_refused_but_re_encoded_shards_still_unlock(lock_releas
     for on_the_fly in (False, True):
         train = uge_hf.unlock(copy, key=private_of(lock_release), on_the_fly=on_the_fly)["train"]
         assert np.array_equal(np.stack([np.asarray(train[i]["picture"]) for i in range(32)]), clean)
+
+
+def test_mixed_modes_and_sizes_two_protected_splits_and_a_wide_bound_unlock_to_what_protect_decoded(tmp_path):
+    # not a fault found, a guard: grey, RGBA, palette and RGB images of several sizes (resized to one training size),
+    # two protected splits, a dropped third, and a bound over 127 levels (the int16 residuals)
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+
+    def split(rows: int) -> Dataset:
+        images = []
+        for i in range(rows):
+            height, width = [(16, 16), (20, 12), (9, 31)][i % 3]
+            image = PILImage.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            images.append(image.convert(["RGB", "L", "RGBA", "P"][i % 4]))
+        return Dataset.from_dict({"image": images, "label": [str(i % 2) for i in range(rows)]},
+                                 features=Features({"image": Image(), "label": Value("string")}))
+
+    source = DatasetDict(train=split(12), test=split(6), extra=split(3))
+    out = tmp_path / "locked"
+    uge_hf.protect(source, output_dir=out, splits=["train", "test"], keep_other_splits=False, rho=0.6,
+                   **LOCK_OPTIONS)
+    card = read_uge_block(out)
+    assert card["pixel_bound"] == 153 and card["protected_splits"] == ["train", "test"]
+    for on_the_fly in (False, True):
+        unlocked = uge_hf.unlock(out, key=private_of(out), on_the_fly=on_the_fly)
+        assert sorted(unlocked) == ["test", "train"]
+        for name in ("train", "test"):
+            decoded = to_tensors(source[name], "image", "label", tuple(card["input"]["image_size"]), card["class_names"])
+            got = np.stack([np.asarray(unlocked[name][i]["image"]) for i in range(unlocked[name].num_rows)])
+            assert np.array_equal(got, decoded.images.permute(0, 2, 3, 1).numpy()), (name, on_the_fly)
