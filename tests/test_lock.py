@@ -472,3 +472,19 @@ def test_mixed_modes_and_sizes_two_protected_splits_and_a_wide_bound_unlock_to_w
             decoded = to_tensors(source[name], "image", "label", tuple(card["input"]["image_size"]), card["class_names"])
             got = np.stack([np.asarray(unlocked[name][i]["image"]) for i in range(unlocked[name].num_rows)])
             assert np.array_equal(got, decoded.images.permute(0, 2, 3, 1).numpy()), (name, on_the_fly)
+
+
+def test_on_the_fly_unlock_follows_a_cast_label_and_explains_a_flattened_split(lock_release):
+    # was: a ClassLabel cast to strings ("0", "1", ...) on the fly failed "label '0' is none of the card's classes";
+    # `flatten_indices` (an identity map through the transform) stores unlocked images beside their blobs, which
+    # then fail with a message that did not say why
+    from datasets import Value
+
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    lazy = uge_hf.unlock(lock_release, key=private_of(lock_release), on_the_fly=True)["train"]
+    cast = lazy.cast_column("category", Value("string"))
+    assert cast[5]["category"] == "1" and np.array_equal(np.asarray(cast[5]["picture"]), clean[5])
+    flat = lazy.select([3, 1]).flatten_indices()
+    with pytest.raises(UgeError, match=r"read on the fly: the unlock data does not open.*a map that rewrote the image or"
+                                       r" label column, or flatten_indices, does that: unlock without on_the_fly"):
+        flat[0]

@@ -186,6 +186,8 @@ def label_indexer(class_names: list[str], feature=None) -> Callable[[object, str
     def index_of(label, where: str) -> int:
         integer = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
         name = names[label] if names is not None and integer and 0 <= label < len(names) else str(label)
+        if name not in index and names is not None and name.isdigit() and int(name) < len(names):
+            name = names[int(name)]  # a ClassLabel cast to strings ("0", "1", ...) on the fly
         if name not in index:
             raise UgeError(f"{where}: its label {label!r} is none of the card's {len(class_names)} classes")
         return index[name]
@@ -208,9 +210,15 @@ class _UnlockTransform:
                            f"and {u.unlock_column}: keep them (unlock without on_the_fly to drop columns)")
         images = [Image().decode_example(value) for value in batch[u.image_column]]
         labels = batch[u.label_column]
-        batch[u.image_column] = u.unlock_images(
-            images, labels, batch.pop(u.unlock_column),
-            lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly", self.feature)
+        try:
+            batch[u.image_column] = u.unlock_images(
+                images, labels, batch.pop(u.unlock_column),
+                lambda offset: f"a {self.name} row (label {labels[offset]}) read on the fly", self.feature)
+        except UgeError as e:
+            # the stored rows are the released ones: a `map` that returns the image or label column, or
+            # `flatten_indices`, writes unlocked images or new labels beside the old blobs, which then no longer open
+            raise UgeError(f"{e} (on the fly, a map that rewrote the image or label column, or flatten_indices, does"
+                           " that: unlock without on_the_fly to transform the images)") from None
         return batch if self.then is None else self.then(batch)
 
 
