@@ -488,3 +488,45 @@ def test_on_the_fly_unlock_follows_a_cast_label_and_explains_a_flattened_split(l
     with pytest.raises(UgeError, match=r"read on the fly: the unlock data does not open.*a map that rewrote the image or"
                                        r" label column, or flatten_indices, does that: unlock without on_the_fly"):
         flat[0]
+
+
+LOADED_OPERATIONS = {
+    "shuffle": lambda d: d.shuffle(seed=1),
+    "select": lambda d: d.select([7, 2, 30]),
+    "filter": lambda d: d.filter(lambda row: row["category"] == 1),
+    "train_test_split": lambda d: d.train_test_split(test_size=0.25, seed=0)["test"],
+    "cast": lambda d: d.cast_column("caption", __import__("datasets").Value("large_string")),
+    "torch-format": lambda d: d.with_format("torch"),
+    "flatten_indices": lambda d: d.shuffle(seed=3).flatten_indices(),
+}
+
+
+@pytest.mark.parametrize("operation", LOADED_OPERATIONS)
+def test_a_release_loaded_and_transformed_with_datasets_unlocks(lock_release, operation):
+    # was: uge_hf.unlock took only a folder or Hub id (a loaded Dataset was a TypeError traceback): a key holder who
+    # had loaded, shuffled or filtered the release had to start again; now it takes the dataset and card=
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    changed = LOADED_OPERATIONS[operation](load_dataset(str(lock_release), split="train"))
+    for on_the_fly in (False, True):
+        unlocked = uge_hf.unlock(changed, key=private_of(lock_release), card=lock_release, on_the_fly=on_the_fly)
+        rows = [int(caption.split()[1]) for caption in unlocked["caption"]]
+        assert np.array_equal(np.stack([np.asarray(unlocked[i]["picture"]) for i in range(len(rows))]), clean[rows])
+
+
+def test_unlocking_a_loaded_release_needs_its_card_and_the_key(lock_release, tmp_path):
+    loaded = load_dataset(str(lock_release))
+    with pytest.raises(UgeError, match="a loaded dataset carries no card: pass card="):
+        uge_hf.unlock(loaded, key=private_of(lock_release))
+    with pytest.raises(UgeError, match="cannot unlock a list: pass a lock release folder or Hub id"):
+        uge_hf.unlock([1, 2], key=private_of(lock_release))
+    unlocked = uge_hf.unlock(loaded, key=private_of(lock_release), card=lock_release)
+    assert unlocked["train"].column_names == unlocked["test"].column_names == ["picture", "category", "caption"]
+    clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(np.stack([np.asarray(i) for i in unlocked["train"]["picture"]]), clean)
+    for key, message in bad_keys(lock_release, tmp_path / "keys"):
+        with pytest.raises(UgeError, match=message):
+            uge_hf.unlock(loaded["train"], key=key, card=lock_release)
+    swapped = loaded["train"].select([1, 0]).remove_columns("unlock").add_column(
+        "unlock", loaded["train"].select([0, 1])["unlock"])  # rows reordered, their blobs not
+    with pytest.raises(UgeError, match="dataset row 0: the unlock data does not open"):
+        uge_hf.unlock(swapped, key=private_of(lock_release), card=lock_release)

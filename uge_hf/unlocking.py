@@ -22,12 +22,16 @@ from .keyfile import KEY_FILE
 UNLOCK_BATCH = 256
 
 
-def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str | None = None,
-           on_the_fly: bool = False, transform: Callable[[dict], dict] | None = None) -> DatasetDict:
+def unlock(release: str | os.PathLike | Dataset | DatasetDict, key: str | os.PathLike, *, revision: str | None = None,
+           on_the_fly: bool = False, transform: Callable[[dict], dict] | None = None,
+           card: str | os.PathLike | None = None) -> DatasetDict | Dataset:
     """The release's splits with every protected image replaced by its source image and the `unlock` column dropped.
 
     Args:
-        release: a lock release folder or Hub id.
+        release: a lock release folder or Hub id; or a `Dataset`/`DatasetDict` loaded from one (shuffled, selected,
+            filtered, split, cast, formatted: its image, label and unlock columns as the release stores them),
+            with `card` naming the release (its card holds the key's hash, the columns and the classes). A
+            `Dataset` comes back as a `Dataset`.
         key: the publisher's `key.json`, or the private folder holding it.
         revision: Hub revision of the release.
         on_the_fly: unlock rows as they are read (`Dataset.set_transform`), for data too large to unlock up front;
@@ -36,6 +40,7 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
             the released (poisoned) images instead; pass your own conversion as `transform`.
         transform: a `set_transform` function (batch dict -> batch dict) applied to every split as it is read,
             after the unlock with `on_the_fly` (e.g. PIL images to tensors for a DataLoader).
+        card: with a loaded `release`, the release folder or Hub id it was loaded from.
 
     Returns: a `DatasetDict` of every split in the release; images as `datasets.Image` (PNG, lossless).
 
@@ -45,9 +50,19 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
     from .fetch import fetch_release
     from .layout import load_release
 
-    folder = fetch_release(release, revision)
+    loaded = isinstance(release, (Dataset, DatasetDict))
+    if loaded and card is None:
+        raise UgeError("a loaded dataset carries no card: pass card= the release folder or Hub id it was loaded from")
+    if not loaded and card is not None:
+        raise UgeError("card= is for a loaded dataset; a release folder or Hub id has its own card")
+    if not loaded and not isinstance(release, (str, os.PathLike)):
+        raise UgeError(f"cannot unlock a {type(release).__name__}: pass a lock release folder or Hub id, or a"
+                       " Dataset/DatasetDict loaded from one with card=")
+    folder = fetch_release(card if loaded else release, revision)
     uge = read_card(folder)
     opener = RowUnlocker.from_card(uge, key)
+    if loaded:
+        return _unlock_loaded(release, uge, opener, on_the_fly, transform)
     splits = load_release(folder)
     info = _card_info(folder)
     for name in [name for name in uge.protected_splits if name in splits]:
@@ -82,6 +97,34 @@ def unlock(release: str | os.PathLike, key: str | os.PathLike, *, revision: str 
             split.set_transform(transform)
         out[name] = split
     return DatasetDict(out)
+
+
+def _unlock_loaded(release, uge, opener: RowUnlocker, on_the_fly: bool, transform):
+    """`unlock` of a Dataset/DatasetDict loaded from the release: any row subset or order (each blob is bound to its
+    row's content, not its position), so no row count is checked; every split holding unlock data is unlocked."""
+    from datasets import Image
+
+    single = isinstance(release, Dataset)
+    splits = {"dataset": release} if single else dict(release)
+    out = {}
+    for name, split in splits.items():
+        split = split.with_format(None)  # torch/numpy formats or a transform would hand the cipher other values
+        if opener.unlock_column not in split.column_names or (
+                not single and name not in uge.protected_splits and not any(split[opener.unlock_column])):
+            split = split.remove_columns([c for c in (opener.unlock_column,) if c in split.column_names])
+        else:
+            opener._check_columns(split, name)
+            if split.features[opener.image_column] != Image():  # e.g. cast to Image(decode=False)
+                split = split.cast_column(opener.image_column, Image())
+            if on_the_fly:
+                split.set_transform(opener.transform(name, split.features[opener.label_column], transform))
+                out[name] = split
+                continue
+            split = opener.unlock_split(split, name)
+        if transform is not None:
+            split.set_transform(transform)
+        out[name] = split
+    return out["dataset"] if single else DatasetDict(out)
 
 
 def _card_info(folder: Path):
