@@ -530,3 +530,12 @@ def test_unlocking_a_loaded_release_needs_its_card_and_the_key(lock_release, tmp
         "unlock", loaded["train"].select([0, 1])["unlock"])  # rows reordered, their blobs not
     with pytest.raises(UgeError, match="dataset row 0: the unlock data does not open"):
         uge_hf.unlock(swapped, key=private_of(lock_release), card=lock_release)
+
+
+def test_cli_unlock_of_a_hub_id_offline_is_one_clear_line(lock_release, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["unlock", "someone/not-cached-uge", "--key", str(private_of(lock_release)),
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "offline mode is on (HF_HUB_OFFLINE is set), and it is not in the local HF cache" in result.output
+    assert not (tmp_path / "out").exists()
