@@ -273,6 +273,12 @@ def test_a_release_whose_labels_are_not_class_indices_unlocks(labels, tmp_path):
         assert np.array_equal(np.stack([np.asarray(train[i]["picture"]) for i in range(train.num_rows)]), clean)
         assert train["category"] == source["train"]["category"]
     assert all(c.ok for c in uge_hf.verify_release(out, original=source, key=private_of(out)))
+    from uge_hf.evaluate import EvaluateConfig, evaluate
+
+    # evaluate's wrong-key check bound the stored label too (a ValueError traceback for strings)
+    config = EvaluateConfig(hackers=["lenet-w2-seed1"], epochs=1, peak_epoch=False)
+    rows = evaluate(out, source, config, cache_dir=tmp_path / "cache", key=private_of(out))
+    assert rows[0].role == "authorized" and rows[0].protected == rows[0].clean
     # a label the card does not know is named with its row, not a traceback
     copy = Path(shutil.copytree(out, tmp_path / "copy"))
     shard = next((copy / "data").glob("train-*.parquet"))
