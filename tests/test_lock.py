@@ -204,6 +204,8 @@ def test_cli_unlock_writes_a_dataset_folder_and_refuses_a_wrong_key(lock_release
 def test_the_authorized_party_trains_on_the_unlocked_images(lock_release, tmp_path):
     with pytest.raises(UgeError, match="pass key=PATH"):
         uge_hf.train_authorized(lock_release, epochs=1)
+    with pytest.raises(UgeError, match="has no shards for split.s. nope .it has"):  # was: KeyError 'nope'
+        uge_hf.train_authorized(lock_release, key=private_of(lock_release), split="nope", epochs=1)
     model, metrics = uge_hf.train_authorized(lock_release, key=private_of(lock_release), epochs=1)
     assert metrics["method"] == "lock" and metrics["train_rows"] == 32 and metrics["test_split"] == "test"
 
