@@ -547,3 +547,10 @@ def test_cli_unlock_of_a_hub_id_offline_is_one_clear_line(lock_release, tmp_path
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "offline mode is on (HF_HUB_OFFLINE is set), and it is not in the local HF cache" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_key_path_with_a_tilde_is_the_home_folders(lock_release, tmp_path, monkeypatch):
+    # was: "no key file at ~/key.json" from Python (only a shell expanded the tilde)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(private_of(lock_release) / "key.json", tmp_path / "key.json")
+    assert uge_hf.unlock(lock_release, key="~/key.json")["train"].num_rows == 32

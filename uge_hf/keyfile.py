@@ -35,7 +35,7 @@ def read_key_file(path: str | Path, method: str) -> tuple[bytes, dict]:
     Raises UgeError if there is none, it is not a uge-hf key file, or it is another method's key (a file without
     a `method` field predates the lock method and is a keyed key).
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/key.json" from Python, as a shell would expand it
     if path.is_dir():
         path = path / KEY_FILE
     try:
