@@ -509,12 +509,19 @@ LOADED_OPERATIONS = {
 }
 
 
+def load_fresh(release: Path, tmp_path: Path, **kwargs):
+    """load_dataset(release) with a cache of its own: datasets' cache (~/.cache, shared by every test session) keys a
+    local folder by its name and card, and each session's "cifar-lock" has another key, so a stale entry from an
+    earlier session would hand back its blobs (which then, rightly, do not open with this session's key)."""
+    return load_dataset(str(release), cache_dir=str(tmp_path / "hf-cache"), **kwargs)
+
+
 @pytest.mark.parametrize("operation", LOADED_OPERATIONS)
-def test_a_release_loaded_and_transformed_with_datasets_unlocks(lock_release, operation):
+def test_a_release_loaded_and_transformed_with_datasets_unlocks(lock_release, operation, tmp_path):
     # was: uge_hf.unlock took only a folder or Hub id (a loaded Dataset was a TypeError traceback): a key holder who
     # had loaded, shuffled or filtered the release had to start again; now it takes the dataset and card=
     clean = source_tensors().images.permute(0, 2, 3, 1).numpy()
-    changed = LOADED_OPERATIONS[operation](load_dataset(str(lock_release), split="train"))
+    changed = LOADED_OPERATIONS[operation](load_fresh(lock_release, tmp_path, split="train"))
     for on_the_fly in (False, True):
         unlocked = uge_hf.unlock(changed, key=private_of(lock_release), card=lock_release, on_the_fly=on_the_fly)
         rows = [int(caption.split()[1]) for caption in unlocked["caption"]]
@@ -522,7 +529,7 @@ def test_a_release_loaded_and_transformed_with_datasets_unlocks(lock_release, op
 
 
 def test_unlocking_a_loaded_release_needs_its_card_and_the_key(lock_release, tmp_path):
-    loaded = load_dataset(str(lock_release))
+    loaded = load_fresh(lock_release, tmp_path)
     with pytest.raises(UgeError, match="a loaded dataset carries no card: pass card="):
         uge_hf.unlock(loaded, key=private_of(lock_release))
     with pytest.raises(UgeError, match="cannot unlock a list: pass a lock release folder or Hub id"):
