@@ -307,8 +307,11 @@ def test_cli_unlock_refuses_an_output_that_would_destroy_or_leak_into_the_releas
     release = Path(shutil.copytree(lock_release, tmp_path / "release"))
     private = Path(shutil.copytree(private_of(lock_release), tmp_path / "release.private"))
     runner = CliRunner()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for output, extra, message in [
+        (tmp_path / "busy", [], "is not empty: choose another or pass --overwrite"),
         (release / "clean", [], "is inside the release folder"),
         (release, ["--overwrite"], "is the release folder or holds it: --overwrite would delete the release"),
         (tmp_path, ["--overwrite"], "is the release folder or holds it"),
