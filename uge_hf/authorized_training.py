@@ -71,6 +71,10 @@ def train_authorized(
 
         from .unlocking import unlock
 
+        missing = [name for name in wanted if name not in available]  # as load_release says it, not a KeyError
+        if missing:
+            raise UgeError(f"the release {folder} has no shards for split(s) {', '.join(missing)} (it has"
+                           f" {', '.join(available) or 'none'})")
         unlocked = unlock(folder, key)
         splits = DatasetDict({name: unlocked[name] for name in wanted})
     else:

@@ -218,15 +218,18 @@ def _refuse_wrong_key(released, card, rows: int) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from .lock import LockKey, open_blob, row_binding
+    from .unlocking import label_indexer
 
     wrong = AESGCM(LockKey(hashlib.sha256(b"uge-hf wrong key").digest()).cipher_key)
     image_column, label_column = card.image_column, card.label_column
     opened = 0
     subset = released.select(range(min(rows, released.num_rows)))
-    for image, label, blob in zip(subset[image_column], subset[label_column], subset[card.method_fields["lock"]["unlock_column"]]):
+    index_of = label_indexer(card.class_names, subset.features[label_column])  # blobs are bound to class indices
+    for row, (image, label, blob) in enumerate(
+            zip(subset[image_column], subset[label_column], subset[card.method_fields["lock"]["unlock_column"]])):
         pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
         try:
-            open_blob(wrong, blob, row_binding(pixels, label), pixels.shape, "wrong key")
+            open_blob(wrong, blob, row_binding(pixels, index_of(label, f"row {row}")), pixels.shape, "wrong key")
             opened += 1
         except UgeError:
             pass

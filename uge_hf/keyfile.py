@@ -35,7 +35,7 @@ def read_key_file(path: str | Path, method: str) -> tuple[bytes, dict]:
     Raises UgeError if there is none, it is not a uge-hf key file, or it is another method's key (a file without
     a `method` field predates the lock method and is a keyed key).
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/key.json" from Python, as a shell would expand it
     if path.is_dir():
         path = path / KEY_FILE
     try:
@@ -47,6 +47,8 @@ def read_key_file(path: str | Path, method: str) -> tuple[bytes, dict]:
             raise ValueError(f"its secret is {len(secret)} bytes, not {KEY_BYTES}")
     except FileNotFoundError:
         raise UgeError(f"no key file at {path}") from None
+    except OSError as e:  # a folder named key.json, no permission to read it, ...: one line, not a traceback
+        raise UgeError(f"cannot read the key file {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise UgeError(f"{path} is not a uge-hf key file ({e})") from None
     found = data.get("method", "keyed")

@@ -145,6 +145,9 @@ def unlock_pixels(cipher: AESGCM, pixels: np.ndarray, label: int, blob: bytes, w
 def load_lock_key(path: str | os.PathLike, num_classes: int | None = None) -> LockKey:
     """The `LockKey` in a key file or a private folder; UgeError if it is missing, not a lock key, or for other classes."""
     secret, data = read_key_file(path, "lock")
-    if num_classes is not None and data.get("num_classes") not in (None, num_classes):
-        raise UgeError(f"the key {path} was made for {data['num_classes']} classes; this dataset has {num_classes}")
+    made_for = data.get("num_classes")
+    if made_for is not None and (not isinstance(made_for, int) or isinstance(made_for, bool)):  # a hand-edited "4"
+        raise UgeError(f"the key {path} has num_classes {made_for!r}, not a whole number: it is not a uge-hf key file")
+    if num_classes is not None and made_for not in (None, num_classes):
+        raise UgeError(f"the key {path} was made for {made_for} classes; this dataset has {num_classes}")
     return LockKey(secret)

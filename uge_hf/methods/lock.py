@@ -28,6 +28,10 @@ def protect(inputs: MethodInput) -> MethodResult:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     config = inputs.config
+    for name in config.splits:  # the release adds this column: say so now, not after poisoning every row
+        if UNLOCK_COLUMN in inputs.splits[name].column_names:
+            raise UgeError(f"the lock method adds a column {UNLOCK_COLUMN!r}, but split {name} already has one:"
+                           " rename it in the source")
     class_names = inputs.fit.class_names
     num_classes = len(class_names)
     key = load_lock_key(config.key_file, num_classes) if config.key_file else LockKey(new_secret())
