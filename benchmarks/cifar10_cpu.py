@@ -71,7 +71,7 @@ LOCK_TARGETS = {"Normal": 0.3, "No key": 0.3, "Distill": 0.35, "Wrong key": 0.35
 def lock_protocol(source: str, hackers: list[str], validation: bool = False, lock: dict | None = None) -> Protocol:
     """The CPU protocol for the lock method (a model-free poison; the key holder unlocks the exact images)."""
     return Protocol(
-        name="cifar10_val_lock" if validation else "cifar10_cpu_lock",
+        name=("cifar10_val_lock" if validation else "cifar10_cpu_lock") + (f"-{lock['poison']}" if lock and lock.get("poison") else ""),
         source=source,
         train_rows=5_000 if validation else 10_000,
         test_rows=2_000,

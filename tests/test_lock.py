@@ -125,7 +125,7 @@ def test_a_wrong_key_an_edited_pixel_a_changed_label_and_a_moved_blob_are_refuse
 
 def test_a_lock_release_unlocks_bit_for_bit_and_keeps_the_key_private(lock_release):
     uge = read_uge_block(lock_release)
-    assert uge["method"] == "lock" and uge["lock"]["poison"] == "texture"
+    assert uge["method"] == "lock" and uge["lock"]["poison"] == "texture-grey-apart"
     assert uge["results"]["unlock"]["rows_exact"] == uge["results"]["unlock"]["rows_checked"] == 32
     private = private_of(lock_release)
     assert (private / "key.json").is_file() and not list(lock_release.rglob("key.json"))

@@ -8,8 +8,8 @@ the row indices (no surrogate network), so protecting is one pass over the image
 - `texture`: a class texture of `grain` x `grain` cells tiled with period `tile`, a +-1 code per cell and channel,
   times one sign per image (so a class's mean perturbation is ~0 and a linear classifier finds little): the keyed
   method's shortcut (benchmarks/results/keyed_sweep.md), here at the full bound and free to clip.
-- `texture-grey-apart`: `texture` with class codes chosen so that their grey (luminance) versions are also far
-  apart up to sign (`luminance_separated_texture`), for hackers who train on grayscale copies.
+- `texture-grey-apart` (the default): `texture` with class codes chosen so that their grey (luminance) versions are
+  also far apart up to sign (`luminance_separated_texture`), for hackers who train on grayscale copies.
 - `texture-luma`: 4 x 4 cells with period 16, the same sign on R, G and B (16 code bits per class): a grey texture
   that grayscale keeps and that JPEG's luminance channel keeps better than colour (chroma is subsampled and
   quantised hardest).
@@ -86,7 +86,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as `uge_hf.attacks.grayscal
 
 
 def luminance_separated_texture(secret: bytes, num_classes: int, shape: tuple[int, int, int], tile: int, grain: int,
-                                stream: int, draws: int = 256) -> Tensor:
+                                stream: int, draws: int | None = None) -> Tensor:
     """`cell_texture` (colour) whose classes also stay apart in luminance, up to sign: (num_classes, C, H, W) int16.
 
     Of `draws` code sets (each `separated_codes`), the one whose closest two classes' luminance maps (codes weighted
@@ -96,6 +96,8 @@ def luminance_separated_texture(secret: bytes, num_classes: int, shape: tuple[in
     channels, height, width = shape
     side = tile // grain
     rng = key_rng(secret, 2, stream)
+    if draws is None:  # each draw compares every pair of classes: fewer draws for many classes (1 from 1,024)
+        draws = max(1, min(256, 256 * 64**2 // num_classes**2))
     best, best_gap = None, -1.0
     for _ in range(draws):
         codes = separated_codes(rng, num_classes, channels * side * side).reshape(num_classes, channels, side, side)
