@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +18,29 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 
+def replace_folder(staging: Path, output: Path) -> Path:
+    """Move the finished folder `staging` onto `output`; an existing `output` is retired only once the new one is whole.
+
+    The old folder is renamed aside first, so a failure between the two renames leaves it beside its place
+    (`.NAME.old`) rather than lost. Returns `output`.
+    """
+    if output.exists():
+        retired = output.parent / f".{output.name}.old"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(output, retired)
+        os.replace(staging, output)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, output)
+    return output
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(partial)` on `PATH.partial` beside `path`, then rename it onto `path`.
 
     A reader, or a run resumed after a kill, sees the old file or the whole new one, never half of one (a rename
-    within one folder is atomic). Returns `path`. For whole folders (a release, its private folder), `release` and
-    `private` stage a `.NAME.partial` folder the same way.
+    within one folder is atomic). Returns `path`. For whole folders, stage a `.NAME.partial` folder and call
+    `replace_folder`.
     """
     path = Path(path)
     partial = path.with_name(path.name + ".partial")

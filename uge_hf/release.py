@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from PIL import Image
 from .card import UgeBlock, render_card
 from .data import SourceMetadata
 from .errors import UgeError
-from .files import check_output_dir, json_bytes, portable  # noqa: F401 (check_output_dir: importable from here as before)
+from .files import check_output_dir, json_bytes, portable, replace_folder  # noqa: F401 (check_output_dir: importable from here as before)
 
 SHARD_BYTES = 500 * 2**20
 
@@ -77,15 +76,7 @@ def write_release(
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    if output.exists():
-        retired = output.parent / f".{output.name}.old"
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(output, retired)
-        os.replace(staging, output)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, output)
-    return output
+    return replace_folder(staging, output)
 
 
 def _stage(staging: Path, dataset: DatasetDict, uge: dict, source: SourceMetadata, files: dict[str, bytes],

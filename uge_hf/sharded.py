@@ -32,7 +32,7 @@ from .card import InputTransform, PerturbationStats, Results, UgeBlock, render_c
 from .config import ProtectConfig
 from .data import SourceMetadata, decode_image, held_out_split, to_pil_images, to_tensors
 from .errors import UgeError
-from .files import atomic_write, json_bytes, portable
+from .files import atomic_write, json_bytes, portable, replace_folder
 from .inputs import INPUT_MEAN, INPUT_STD
 from .key import SecretKey, key_json, load_secret_key, protect_keyed
 from .private import write_private
@@ -134,14 +134,7 @@ def protect_sharded(splits: DatasetDict, config: ProtectConfig, image_column: st
     render_card(card.to_dict(), info, portable(source.name), license=source.license, hub_id=source.hub_id).save(
         str(staging / "README.md"))
     with write_private(private, private_files):
-        if output.exists():  # --overwrite (checked by the caller): the old release goes only once the new one is whole
-            retired = output.parent / f".{output.name}.old"
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(output, retired)
-            os.replace(staging, output)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output)
+        replace_folder(staging, output)  # with --overwrite (checked by the caller) the old release goes last
     shutil.rmtree(work, ignore_errors=True)
     from .layout import release_data_files
 

@@ -277,7 +277,7 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
     import shutil
 
     from .fetch import fetch_release
-    from .files import check_output_dir
+    from .files import check_output_dir, replace_folder
 
     output = check_output_dir(output_dir, overwrite).resolve()
     folder = fetch_release(release, revision)
@@ -291,9 +291,7 @@ def write_unlocked(release: str | os.PathLike, key: str | os.PathLike, output_di
             # every image is bytes already (unlocked images are encoded by `map`; copied splits come from the
             # release, which embeds them): the shards stand alone
             split.to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        replace_folder(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
