@@ -564,3 +564,13 @@ def test_a_key_path_with_a_tilde_is_the_home_folders(lock_release, tmp_path, mon
     monkeypatch.setenv("HOME", str(tmp_path))
     shutil.copy(private_of(lock_release) / "key.json", tmp_path / "key.json")
     assert uge_hf.unlock(lock_release, key="~/key.json")["train"].num_rows == 32
+
+
+def test_a_rows_unlock_data_does_not_depend_on_the_rows_beside_it():
+    source = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    protected = source.clone()
+    protected[0] += 200  # a residual beyond int8 in the first row only
+    protected[1, 0, 0, 0] = 3
+    together = pack_residuals(source, protected)
+    assert together[1] == pack_residuals(source[1:], protected[1:])[0]
+    assert zlib.decompress(together[0])[0] == 2 and zlib.decompress(together[1])[0] == 1

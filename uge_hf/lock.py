@@ -91,12 +91,16 @@ def row_binding(pixels: np.ndarray, label: int) -> bytes:
 
 
 def pack_residuals(source: Tensor, protected: Tensor) -> list[bytes]:
-    """zlib-compressed x - x_u per row, for uint8 (N, C, H, W) `source` and `protected` of the same shape."""
-    residual = source.to(torch.int16) - protected.to(torch.int16)
-    wide = bool(residual.abs().max() > 127) if residual.numel() else False
-    body = residual.numpy().astype(np.int16 if wide else np.int8)
-    flag = b"\x02" if wide else b"\x01"
-    return [zlib.compress(flag + row.tobytes(), 9) for row in body]
+    """zlib-compressed x - x_u per row, for uint8 (N, C, H, W) `source` and `protected` of the same shape.
+
+    Each row is int8, or int16 when its own residual exceeds 127 levels: decided per row, so a row's bytes do not
+    depend on which rows share its chunk.
+    """
+    packed = []
+    for row in (source.to(torch.int16) - protected.to(torch.int16)).numpy():
+        wide = bool(np.abs(row).max(initial=0) > 127)
+        packed.append(zlib.compress((b"\x02" if wide else b"\x01") + row.astype(np.int16 if wide else np.int8).tobytes(), 9))
+    return packed
 
 
 def seal(key: LockKey, packed: list[bytes], bindings: list[bytes], padded_length: int | None = None) -> list[bytes]:
