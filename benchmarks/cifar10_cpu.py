@@ -43,24 +43,8 @@ KEYED_ATTACKS = ["grayscale", "jpeg10", "linear-projection"]
 
 def keyed_protocol(source: str, hackers: list[str], validation: bool = False, keyed: dict | None = None) -> Protocol:
     """The CPU protocol for the keyed method (no network trained to protect; the attacks of issue 11 evaluated)."""
-    return Protocol(
-        name="cifar10_val_keyed" if validation else "cifar10_cpu_keyed",
-        source=source,
-        train_rows=5_000 if validation else 10_000,
-        test_rows=2_000,
-        validation_start=8_000 if validation else None,
-        protect=dict(method="keyed", authorized=["resnet18-w16-seed0"], rho=0.04, recipe={"epochs": EPOCHS, "batch_size": 128},
-                     keyed=keyed or {}),
-        hackers=hackers,
-        distill_students=["cnn-w16-seed1"],
-        noise_baseline=False,  # the keyed signal is a shortcut by design; same-rho noise is the paper's control
-        limits_minutes={"protect": 2},
-        attacks=KEYED_ATTACKS,
-        attack_hackers=["cnn-w16-seed1"],
-        ratio_targets=KEYED_TARGETS,
-        authorized_margin_points=1.0,
-        key_cost_points=2.0,
-    )
+    return _model_free_protocol("keyed", "keyed", keyed, source, hackers, validation, KEYED_TARGETS,
+                                authorized_margin_points=1.0, key_cost_points=2.0)
 
 
 # Issue 15's targets for the lock method (the authorized party trains on the unlocked, i.e. the clean, images).
@@ -70,22 +54,30 @@ LOCK_TARGETS = {"Normal": 0.3, "No key": 0.3, "Distill": 0.35, "Wrong key": 0.35
 
 def lock_protocol(source: str, hackers: list[str], validation: bool = False, lock: dict | None = None) -> Protocol:
     """The CPU protocol for the lock method (a model-free poison; the key holder unlocks the exact images)."""
+    name = "lock" + (f"-{lock['poison']}" if lock and lock.get("poison") else "")
+    # unlocked images are the clean ones: the authorized row must not move at all
+    return _model_free_protocol("lock", name, lock, source, hackers, validation, LOCK_TARGETS, authorized_margin_points=0.0)
+
+
+def _model_free_protocol(method: str, name: str, settings: dict | None, source: str, hackers: list[str],
+                         validation: bool, targets: dict, **checks) -> Protocol:
+    """The protocol of a method that trains no network to protect: `settings` is its own config block."""
     return Protocol(
-        name=("cifar10_val_lock" if validation else "cifar10_cpu_lock") + (f"-{lock['poison']}" if lock and lock.get("poison") else ""),
+        name=f"cifar10_{'val' if validation else 'cpu'}_{name}",
         source=source,
         train_rows=5_000 if validation else 10_000,
         test_rows=2_000,
         validation_start=8_000 if validation else None,
-        protect=dict(method="lock", authorized=["resnet18-w16-seed0"], rho=0.04, recipe={"epochs": EPOCHS, "batch_size": 128},
-                     lock=lock or {}),
+        protect={"method": method, "authorized": ["resnet18-w16-seed0"], "rho": 0.04,
+                 "recipe": {"epochs": EPOCHS, "batch_size": 128}, method: settings or {}},
         hackers=hackers,
         distill_students=["cnn-w16-seed1"],
-        noise_baseline=False,  # the poison is a shortcut by design; same-rho noise is the paper's control
+        noise_baseline=False,  # the signal is a shortcut by design; same-rho noise is the paper's control
         limits_minutes={"protect": 2},
         attacks=KEYED_ATTACKS,
         attack_hackers=["cnn-w16-seed1"],
-        ratio_targets=LOCK_TARGETS,
-        authorized_margin_points=0.0,  # unlocked images are the clean ones: the authorized row must not move at all
+        ratio_targets=targets,
+        **checks,
     )
 
 
