@@ -214,22 +214,18 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
 def _refuse_wrong_key(released, card, rows: int) -> None:
     """Another key's cipher on the first `rows` blobs of a lock release: UgeError if it opens any (it must open none:
     the Wrong key row then trains on the release as it is)."""
-    import numpy as np
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from .lock import LockKey
+    from .unlocking import RowUnlocker
 
-    from .lock import LockKey, open_blob, row_binding
-    from .unlocking import label_indexer
-
-    wrong = AESGCM(LockKey(hashlib.sha256(b"uge-hf wrong key").digest()).cipher_key)
-    image_column, label_column = card.image_column, card.label_column
-    opened = 0
+    unlock_column = card.method_fields["lock"]["unlock_column"]
+    wrong = RowUnlocker(LockKey(hashlib.sha256(b"uge-hf wrong key").digest()), card.image_column, card.label_column,
+                        unlock_column, card.class_names)
     subset = released.select(range(min(rows, released.num_rows)))
-    index_of = label_indexer(card.class_names, subset.features[label_column])  # blobs are bound to class indices
-    for row, (image, label, blob) in enumerate(
-            zip(subset[image_column], subset[label_column], subset[card.method_fields["lock"]["unlock_column"]])):
-        pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    feature = subset.features[card.label_column]  # blobs are bound to class indices
+    opened = 0
+    for row, columns in enumerate(zip(subset[card.image_column], subset[card.label_column], subset[unlock_column])):
         try:
-            open_blob(wrong, blob, row_binding(pixels, index_of(label, f"row {row}")), pixels.shape, "wrong key")
+            wrong.unlock_images(*([value] for value in columns), lambda _, row=row: f"row {row}", feature)
             opened += 1
         except UgeError:
             pass
