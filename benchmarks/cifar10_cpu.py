@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from protocol import ABLATIONS, Protocol, run, variant_name, variant_settings
-from uge_hf.config import METHODS, SOLVERS
+from uge_hf.config import METHODS, SOLVERS, SURROGATE_POISONS
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 15  # 10k rows: ResNet-18 w16 reaches its plateau on clean data in about this many cosine epochs
@@ -55,12 +55,15 @@ LOCK_TARGETS = {"Normal": 0.3, "No key": 0.3, "Distill": 0.35, "Wrong key": 0.35
 def lock_protocol(source: str, hackers: list[str], validation: bool = False, lock: dict | None = None) -> Protocol:
     """The CPU protocol for the lock method (a model-free poison; the key holder unlocks the exact images)."""
     name = "lock" + (f"-{lock['poison']}" if lock and lock.get("poison") else "")
+    # the 2-minute protect target is the issue's for model-free poisons; a surrogate poison trains a network first
+    limits = {} if lock and lock.get("poison") in SURROGATE_POISONS else {"protect": 2}
     # unlocked images are the clean ones: the authorized row must not move at all
-    return _model_free_protocol("lock", name, lock, source, hackers, validation, LOCK_TARGETS, authorized_margin_points=0.0)
+    return _model_free_protocol("lock", name, lock, source, hackers, validation, LOCK_TARGETS, limits,
+                                authorized_margin_points=0.0)
 
 
 def _model_free_protocol(method: str, name: str, settings: dict | None, source: str, hackers: list[str],
-                         validation: bool, targets: dict, **checks) -> Protocol:
+                         validation: bool, targets: dict, limits_minutes: dict | None = None, **checks) -> Protocol:
     """The protocol of a method that trains no network to protect: `settings` is its own config block."""
     return Protocol(
         name=f"cifar10_{'val' if validation else 'cpu'}_{name}",
@@ -73,7 +76,7 @@ def _model_free_protocol(method: str, name: str, settings: dict | None, source: 
         hackers=hackers,
         distill_students=["cnn-w16-seed1"],
         noise_baseline=False,  # the signal is a shortcut by design; same-rho noise is the paper's control
-        limits_minutes={"protect": 2},
+        limits_minutes={"protect": 2} if limits_minutes is None else limits_minutes,
         attacks=KEYED_ATTACKS,
         attack_hackers=["cnn-w16-seed1"],
         ratio_targets=targets,

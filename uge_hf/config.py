@@ -22,7 +22,10 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 METHODS = ("gradient-matching", "keyed", "lock")  # uge_hf.methods holds one module each
 KEY_METHODS = ("keyed", "lock")  # methods whose authorization is a key file in the private folder
 # the lock method's poisons (`uge_hf.poisons` builds them; defined here so the CLI's choices need no torch)
-POISONS = ("texture", "texture-grey-apart", "texture-luma", "blocks", "blocks-colour", "autoregressive", "texture+blocks", "texture+autoregressive")
+POISONS = ("texture", "texture-grey-apart", "texture-luma", "blocks", "blocks-colour", "autoregressive", "texture+blocks",
+           "texture+autoregressive", "adversarial")
+SURROGATE_POISONS = ("adversarial",)  # a surrogate is trained on the clean rows first (`uge_hf.adversarial`)
+MODEL_FREE_POISONS = tuple(kind for kind in POISONS if kind not in SURROGATE_POISONS)  # `uge_hf.poisons.poison`
 
 
 def knob(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, choices: tuple[str, ...] | None = None,
@@ -133,11 +136,22 @@ class LockSettings:
 
     # texture-grey-apart: on the validation slice as strong as `texture` for the CNN and ResNet-18 and the only
     # design a grayscale copy did not undo (0.45x vs 0.79x of clean)
-    poison: str = knob("texture-grey-apart", "the availability poison under the lock (uge_hf.poisons)", choices=POISONS)
+    poison: str = knob("texture-grey-apart", "the availability poison under the lock (uge_hf.poisons; adversarial trains"
+                       " a surrogate first: uge_hf.adversarial)", choices=POISONS)
+    # another init than any network the sweep scored, so its measurements are of transfer, not of the surrogate itself
+    surrogate: str = knob("resnet18-w16-seed7", "adversarial poisons: the surrogate network ARCH[-wWIDTH]-seedN, trained"
+                          " on the clean rows with the recipe")
+    # 20 steps of 1.5 levels: the validation sweep's setting (benchmarks/lock/poison_sweep.py)
+    adversarial_steps: int = knob(20, "adversarial poisons: signed-gradient steps per row")
 
     def __post_init__(self) -> None:
         if self.poison not in POISONS:
             raise UgeError(f"lock.poison must be one of {', '.join(POISONS)}, got {self.poison!r}")
+        if not (isinstance(self.adversarial_steps, int) and self.adversarial_steps >= 1):
+            raise UgeError(f"lock.adversarial_steps must be an integer >= 1, got {self.adversarial_steps!r}")
+        from .specs import ModelSpec  # parsing validates the spec with its own clear message
+
+        self.surrogate = str(ModelSpec.parse(self.surrogate))
 
 
 @dataclass

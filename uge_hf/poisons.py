@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import POISONS
+from .config import MODEL_FREE_POISONS, POISONS
 from .errors import UgeError
 from .key import separated_codes
 
@@ -155,7 +155,7 @@ def poison(kind: str, secret: bytes, labels: Tensor, num_classes: int, shape: tu
     """delta for rows first_row .. first_row + N - 1: (N, C, H, W) int16 with |delta| <= bound levels.
 
     Args:
-        kind: one of POISONS (module docstring).
+        kind: one of MODEL_FREE_POISONS (module docstring; the surrogate-based ones are in `uge_hf.adversarial`).
         secret: the 256-bit key.
         labels: int64 (N,) class indices.
         num_classes: classes of the dataset (the class codes depend on it, not on which classes a chunk holds).
@@ -163,8 +163,9 @@ def poison(kind: str, secret: bytes, labels: Tensor, num_classes: int, shape: tu
         bound: the L-inf bound in 8-bit levels, floor(rho * 255).
         first_row: index of the first row in its split (per-row randomness depends on the row, not the chunk).
     """
-    if kind not in POISONS:
-        raise UgeError(f"unknown poison {kind!r}: use one of {', '.join(POISONS)}")
+    if kind not in MODEL_FREE_POISONS:
+        raise UgeError(f"poison {kind!r} is not model-free: use uge_hf.adversarial" if kind in POISONS else
+                       f"unknown poison {kind!r}: use one of {', '.join(MODEL_FREE_POISONS)}")
     signs = image_signs(secret, first_row, len(labels)).view(-1, 1, 1, 1)
     if kind == "texture":
         return bound * cell_texture(secret, num_classes, shape, 8, 4, False, 0)[labels] * signs

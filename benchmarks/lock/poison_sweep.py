@@ -2,13 +2,15 @@
 
     python benchmarks/lock/poison_sweep.py POISON [POISON ...]      # clean, texture, blocks, autoregressive, ...
     python benchmarks/lock/poison_sweep.py error-minimizing         # Huang et al. 2021 (error_minimizing.py here)
+    python benchmarks/lock/poison_sweep.py adversarial              # Fowl et al. 2021 (uge_hf.adversarial)
 
 Train rows 0-4,999 are poisoned (x_u = clip(x + delta), |delta| <= 10 levels); every network is scored on train
 rows 8,000-9,999 (never a test row). Recipe: 15 epochs, SGD 0.05 cosine, batch 128, crop+flip; one key and one
 training seed per cell. Hackers: cnn-w16-seed1 and resnet18-w16-seed1 trained Normally, and cnn-w16-seed1 after
-each attack (JPEG quality 10, grayscale, linear projection); `clean` trains the same on the clean rows (the
-ratios' denominators). Trained networks are cached in benchmarks/.work/keyed-sweep (shared with the keyed sweep);
-results are appended to benchmarks/results/lock_sweep.jsonl and the table rewritten in lock_sweep.md.
+each attack (JPEG quality 10, grayscale, linear projection); `distill`: cnn-w16-seed1 trained by KL to the key
+holder's network (resnet18-w16-seed0 trained on the clean rows, which is what unlocking gives it) on the poisoned
+rows, the protocol's Distill row; `clean` trains the same on the clean rows (the ratios' denominators). Trained
+networks are cached in benchmarks/.work/keyed-sweep (shared with the keyed sweep); results are appended to benchmarks/results/lock_sweep.jsonl and the table rewritten in lock_sweep.md.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from uge_hf.attacks import grayscale, jpeg, linear_projection_stage  # noqa: E40
 from uge_hf.config import Recipe  # noqa: E402
 from uge_hf.poisons import apply_poison, poison  # noqa: E402
 from uge_hf.specs import build_model  # noqa: E402
-from uge_hf.training import accuracy  # noqa: E402
+from uge_hf.training import accuracy, train_classifier  # noqa: E402
 
 RESULTS = HERE.parent / "results"
 SWEEP_KEY = bytes(range(32))  # a fixed, public key: this sweep measures designs, not secrecy
 BOUND = 10
-COLUMNS = ["cnn-w16-seed1", "resnet18-w16-seed1", "cnn jpeg10", "cnn grayscale", "cnn linear-projection"]
+COLUMNS = ["cnn-w16-seed1", "resnet18-w16-seed1", "cnn distill", "cnn jpeg10", "cnn grayscale", "cnn linear-projection"]
+TEACHER = "resnet18-w16-seed0"  # the key holder's network in the CPU protocol
+SURROGATE = "resnet18-w16-seed7"  # the adversarial poison's surrogate (the library's default): not the teacher's init
 
 
 def main() -> None:
@@ -55,6 +59,12 @@ def main() -> None:
                 from error_minimizing import error_minimizing
 
                 delta = error_minimizing(train.images, train.labels, 10, BOUND)
+            elif name == "adversarial":  # Fowl et al. 2021: a surrogate trained on the clean rows (uge_hf.adversarial)
+                from uge_hf.adversarial import targeted_adversarial
+
+                surrogate = cached_train(cache, build_model(SURROGATE, 10), f"clean {SURROGATE}", train.images,
+                                         train.labels, recipe, None)  # what uge_hf.adversarial.train_surrogate trains
+                delta = targeted_adversarial(surrogate, train.images, train.labels, 10, BOUND, SWEEP_KEY, 0)
             else:
                 delta = poison(name, SWEEP_KEY, train.labels, 10, tuple(train.images.shape[1:]), BOUND)
             images = apply_poison(train.images, delta)
@@ -72,7 +82,14 @@ def main() -> None:
             elif attack == "linear-projection":
                 stage = linear_projection_stage(images, train.labels, 10)
             t = time.time()
-            model = cached_train(cache, build_model(spec, 10), f"{name} {column}", data, train.labels, recipe, stage)
+            if attack == "distill":
+                teacher = cached_train(cache, build_model(TEACHER, 10), f"clean {TEACHER}", train.images, train.labels,
+                                       recipe, None)
+                model = cached_distill(cache, build_model(spec, 10), f"{name} {column}", data, train.labels, recipe, teacher)
+                # how often the key holder's network still names the true class of a poisoned row (what Distill copies)
+                record["teacher accuracy on poisoned rows"] = round(100 * accuracy(teacher, data, train.labels), 1)
+            else:
+                model = cached_train(cache, build_model(spec, 10), f"{name} {column}", data, train.labels, recipe, stage)
             record[column] = round(100 * accuracy(model, test, held_out.labels, input_stage=stage), 1)
             print(name, column, record[column], f"{time.time() - t:.0f}s", flush=True)
         with open(RESULTS / "lock_sweep.jsonl", "a") as f:
@@ -80,8 +97,33 @@ def main() -> None:
     write_table()
 
 
+def cached_distill(cache: Path, model, label, images, labels, recipe, teacher):
+    """train_classifier with a teacher (KL, the Distill attack), cached by init, data, recipe and teacher weights."""
+    import dataclasses
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(b"distill")
+    for tensor in [*model.state_dict().values(), images, labels, *teacher.state_dict().values()]:
+        key.update(tensor.detach().contiguous().numpy().tobytes())
+    key.update(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
+    path = cache / f"{key.hexdigest()[:24]}.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model
+    train_classifier(model, images, labels, recipe, description=label, teacher=teacher)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model
+
+
 def write_table() -> None:
-    records = [json.loads(line) for line in (RESULTS / "lock_sweep.jsonl").read_text().splitlines() if line.strip()]
+    merged: dict[str, dict] = {}  # a poison's later runs (e.g. `--only` a new column) add to its row
+    for line in (RESULTS / "lock_sweep.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            merged.setdefault(record["poison"], {}).update(record)
+    records = list(merged.values())
     clean = {}
     for r in records:
         if r["poison"] == "clean":

@@ -1,7 +1,7 @@
 """The lock method: key holders recover the exact source images; everyone else gets an availability poison.
 
-x_u = clip(x + delta, 0, 255) with |delta| <= the bound (`uge_hf.poisons`, model-free: one pass over the images),
-and beside every protected image an `unlock` blob: x - x_u, compressed, padded to one length for the whole
+x_u = clip(x + delta, 0, 255) with |delta| <= the bound (`uge_hf.poisons`, model-free: one pass over the images; or
+`uge_hf.adversarial`, after training a surrogate on the clean rows), and beside every protected image an `unlock` blob: x - x_u, compressed, padded to one length for the whole
 release, encrypted with AES-256-GCM and bound to its row's content (`uge_hf.lock`). With the key,
 `uge_hf.unlock(release, key=...)` returns the source images bit for bit; without it the blobs are random bytes.
 This is a learnability lock (Peng et al., ICLR 2022) whose inversion is exact by construction. The key goes to the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import SURROGATE_POISONS, ProtectConfig
 from ..data import to_tensors
 from ..errors import UgeError
 from ..keyfile import KEY_FILE, key_file_bytes, new_secret
@@ -36,6 +37,12 @@ def protect(inputs: MethodInput) -> MethodResult:
     num_classes = len(class_names)
     key = load_lock_key(config.key_file, num_classes) if config.key_file else LockKey(new_secret())
     poison_secret = key.poison_secret
+    surrogate = None
+    if config.lock.poison in SURROGATE_POISONS:  # trained once, on the first protected split's clean rows
+        from ..adversarial import train_surrogate
+
+        surrogate = train_surrogate(config.lock.surrogate, inputs.fit.images, inputs.fit.labels, num_classes,
+                                    config.recipe, _device())
 
     protected, packed, bindings, sources = {}, {}, {}, {}
     for name in config.splits:
@@ -43,13 +50,16 @@ def protect(inputs: MethodInput) -> MethodResult:
             inputs.splits[name], inputs.image_column, inputs.label_column, inputs.fit.image_size, class_names,
             progress=is_main_process(),
         )
-        shape = tuple(tensors.images.shape[1:])
         chunks, packed[name], bindings[name] = [], [], []
         with progress_bar(f"locking {name}", total=len(tensors.images)) as advance:
             rows = chunk_rows(tuple(tensors.images.shape[2:]))  # bounds memory; the bytes do not depend on it
+            if surrogate is not None:  # whole adversarial batches per chunk, so the bytes do not depend on it either
+                from ..adversarial import BATCH_ROWS
+
+                rows = max(BATCH_ROWS, rows // BATCH_ROWS * BATCH_ROWS)
             for start in range(0, len(tensors.images), rows):
                 images, labels = tensors.images[start : start + rows], tensors.labels[start : start + rows]
-                delta = poison(config.lock.poison, poison_secret, labels, num_classes, shape, config.pixel_bound, start)
+                delta = _delta(config, poison_secret, images, labels, num_classes, start, surrogate)
                 locked = apply_poison(images, delta)
                 chunks.append(locked)
                 packed[name] += pack_residuals(images, locked)
@@ -76,6 +86,7 @@ def protect(inputs: MethodInput) -> MethodResult:
     png_bytes = _mean_png_bytes(protected[config.splits[0]])
     result.card = {"lock": {
         "poison": config.lock.poison,
+        **({"surrogate": config.lock.surrogate, "adversarial_steps": config.lock.adversarial_steps} if surrogate else {}),
         "unlock_column": UNLOCK_COLUMN,
         "cipher": "AES-256-GCM, HKDF-SHA256 subkeys, synthetic nonces, associated data = sha256(pixels, shape, label)",
         "key_sha256": key.fingerprint,
@@ -96,6 +107,22 @@ def protect(inputs: MethodInput) -> MethodResult:
             "weights": None, "private": False, "input_stage": "unlock",
         })
     return result
+
+
+def _delta(config: ProtectConfig, secret: bytes, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+           first_row: int, surrogate: torch.nn.Module | None) -> torch.Tensor:
+    """The poison of rows first_row.. of a split: int16 (N, C, H, W), |delta| <= the bound (before clipping)."""
+    shape, bound = tuple(images.shape[1:]), config.pixel_bound
+    if surrogate is None:
+        return poison(config.lock.poison, secret, labels, num_classes, shape, bound, first_row)
+    from ..adversarial import targeted_adversarial
+
+    return targeted_adversarial(surrogate, images, labels, num_classes, bound, secret, first_row,
+                                steps=config.lock.adversarial_steps, device=_device())
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _mean_png_bytes(images: torch.Tensor, sample: int = 512) -> float:
