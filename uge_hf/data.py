@@ -50,33 +50,35 @@ class ClassificationTensors:
 
 
 def load_source(
-    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset],
-) -> datasets.DatasetDict:
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset]
+    | datasets.IterableDataset | datasets.IterableDatasetDict,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Return ``source`` as a DatasetDict: a dataset object, a dict of them, a local folder or a Hub id.
 
-    A ``Dataset`` becomes the split "train". Anything else (a streaming ``IterableDataset``, a pandas DataFrame,
-    a list, None, ...) is a UgeError naming what is accepted, as is a folder or Hub id that does not load.
+    A ``Dataset`` becomes the split "train". A streaming ``IterableDataset`` (split "train"), ``IterableDatasetDict``
+    or dict of them is returned as an ``IterableDatasetDict`` (only the shard writer reads those). Anything else (a
+    pandas DataFrame, a list, None, a dict mixing both kinds, ...) is a UgeError naming what is accepted, as is a
+    folder or Hub id that does not load.
     """
-    if isinstance(source, (datasets.DatasetDict, dict)) and not source:
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict, dict)) and not source:
         raise UgeError("the DatasetDict has no splits: there is nothing to protect")
-    if isinstance(source, datasets.DatasetDict):
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return source
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({"train": source})
+    if isinstance(source, datasets.IterableDataset):
+        return datasets.IterableDatasetDict({"train": source})
     if isinstance(source, dict) and all(isinstance(v, datasets.Dataset) for v in source.values()):
         return datasets.DatasetDict(source)
-    if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise UgeError(
-            f"a streaming {type(source).__name__} cannot be protected (every image is read several times):"
-            " materialise it first, e.g. load it without streaming=True or build it with Dataset.from_generator"
-        )
+    if isinstance(source, dict) and all(isinstance(v, datasets.IterableDataset) for v in source.values()):
+        return datasets.IterableDatasetDict(source)
     if not isinstance(source, (str, os.PathLike)):
         maker = {"pandas": "from_pandas", "polars": "from_polars", "list": "from_list", "dict": "from_dict"}
         kind = type(source).__module__.split(".")[0] if type(source).__module__ != "builtins" else type(source).__name__
         hint = f" (make one with datasets.Dataset.{maker[kind]})" if kind in maker else ""
         raise UgeError(
             f"cannot load a dataset from {type(source).__name__}{hint}: pass a datasets.Dataset, a DatasetDict,"
-            " a local dataset folder or a Hub id"
+            " an IterableDataset(Dict), a local dataset folder or a Hub id (a dict must hold one kind of split)"
         )
 
     path = os.path.expanduser(os.fspath(source))
@@ -110,7 +112,7 @@ def source_label(source: str | os.PathLike | datasets.Dataset | datasets.Dataset
     if isinstance(source, (str, os.PathLike)):
         path = os.path.expanduser(os.fspath(source))
         return os.path.basename(os.path.abspath(path)) if os.path.exists(path) else path
-    first = source if isinstance(source, datasets.Dataset) else next(iter(source.values()), None)
+    first = source if isinstance(source, (datasets.Dataset, datasets.IterableDataset)) else next(iter(source.values()), None)
     return getattr(getattr(first, "info", None), "dataset_name", None) or "dataset"
 
 

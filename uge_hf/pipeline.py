@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Image
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 from torch import Tensor
 
 from .version import __version__
@@ -30,7 +30,7 @@ from .private import private_dir_for, write_private
 from .progress import is_main_process, library_bars
 from .release import check_output_dir, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
-from .validate import validate_splits
+from .validate import validate_splits, validate_stream
 
 
 @library_bars()
@@ -85,9 +85,20 @@ def protect(
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
 
     fit_split = splits[config.splits[0]]
+    streaming = isinstance(splits, IterableDatasetDict)
+    if streaming:
+        _check_streaming(config, fit_split)
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
-    class_names, image_size = validate_splits(splits, config, image_column, label_column)
-    if config.shard_rows is not None:  # the keyed method, shard by shard: no split is held in memory
+    if config.method == "lock":  # the release adds this column: say so now, not after locking every row
+        from .methods.lock import check_no_unlock_column
+
+        for name in config.splits:
+            check_no_unlock_column(list(splits[name].features), name)
+    if streaming:  # rows are unknown up front: labels and images are checked shard by shard as they are read
+        class_names, image_size = validate_stream(splits, config, image_column, label_column)
+    else:
+        class_names, image_size = validate_splits(splits, config, image_column, label_column)
+    if config.shard_rows is not None:  # a per-row method, shard by shard: no split is held in memory
         from .sharded import protect_sharded
 
         done = protect_sharded(splits, config, image_column, label_column, class_names, image_size, output, private,
@@ -119,6 +130,20 @@ def protect(
     if is_main_process() and result.work_dir is not None:
         shutil.rmtree(result.work_dir, ignore_errors=True)
     return outcome
+
+
+def _check_streaming(config: ProtectConfig, fit: IterableDataset) -> None:
+    """A streaming source goes through the shard writer of a per-row method, or not at all: one-line UgeErrors."""
+    if config.method not in ("keyed", "lock"):
+        raise UgeError(f"the {config.method} method trains on the whole split before protecting a row, so it cannot"
+                       " read a streaming source: pass a map-style Dataset (load without streaming=True, or a sample:"
+                       " Dataset.from_list(list(ds.take(N)))), or use --method keyed / lock")
+    if config.shard_rows is None:
+        raise UgeError("a streaming source is protected shard by shard: pass shard_rows=N (rows per parquet shard,"
+                       " e.g. 1000)")
+    if fit.features is None:
+        raise UgeError("the streaming split's features are unknown (datasets could not infer them): give them, e.g."
+                       " load_dataset(..., streaming=True, features=...) or ds.cast(features)")
 
 
 @dataclass(frozen=True)
