@@ -93,10 +93,10 @@ def child(source: Path, method: str, output: Path, shard_rows: int | None, key_f
     import datasets.utils
 
     import uge_hf
-    from uge_hf import sharded
+    from uge_hf.methods import keyed
 
     datasets.utils.disable_progress_bars()
-    apply = _timed(sharded, "protect_keyed")  # the apply step, inside the real run
+    apply = _timed(keyed, "protect_keyed")  # the apply step, inside the real run (the keyed method's rows)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sampler = _Sampler(output.parent / f"{output.name}.uge-work" / "shards", trace)
     start = time.perf_counter()

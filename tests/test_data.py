@@ -321,6 +321,12 @@ def test_streaming_datasets_load_as_an_iterable_dict_and_mixed_dicts_are_refused
         assert isinstance(loaded, datasets.IterableDatasetDict) and list(loaded) == ["train"]
     with pytest.raises(UgeError, match="a dict must hold one kind of split"):
         load_source({"train": streaming, "test": rgb_dataset(2)})
+    from uge_hf.data import load_map_style  # the readers that index rows (verify, evaluate) still refuse one
+
+    with pytest.raises(UgeError, match="streaming IterableDataset cannot be compared.*without streaming=True"):
+        load_map_style(streaming)
+    with pytest.raises(UgeError, match="streaming applies to a folder or Hub id"):
+        load_source(rgb_dataset(2), streaming=True)
 
 
 def test_a_dict_of_datasets_is_a_datasetdict_and_no_splits_is_an_error():

@@ -52,14 +52,20 @@ class ClassificationTensors:
 def load_source(
     source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset]
     | datasets.IterableDataset | datasets.IterableDatasetDict,
+    streaming: bool = False,
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Return ``source`` as a DatasetDict: a dataset object, a dict of them, a local folder or a Hub id.
 
     A ``Dataset`` becomes the split "train". A streaming ``IterableDataset`` (split "train"), ``IterableDatasetDict``
     or dict of them is returned as an ``IterableDatasetDict`` (only the shard writer reads those). Anything else (a
     pandas DataFrame, a list, None, a dict mixing both kinds, ...) is a UgeError naming what is accepted, as is a
-    folder or Hub id that does not load.
+    folder or Hub id that does not load. `streaming`: load a folder or Hub id with ``load_dataset(...,
+    streaming=True)`` (an ``IterableDatasetDict``); with a dataset object it is a UgeError (pass an
+    ``IterableDataset`` itself).
     """
+    if streaming and not isinstance(source, (str, os.PathLike)):
+        raise UgeError(f"streaming applies to a folder or Hub id; pass the {type(source).__name__} as an IterableDataset"
+                       " instead (e.g. ds.to_iterable_dataset())")
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict, dict)) and not source:
         raise UgeError("the DatasetDict has no splits: there is nothing to protect")
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -88,7 +94,7 @@ def load_source(
     if os.path.isfile(path):
         raise UgeError(f"{path} is a file: pass the dataset folder that holds it (load_dataset reads folders)")
     try:
-        loaded = datasets.load_dataset(path)
+        loaded = datasets.load_dataset(path, streaming=streaming)
     except datasets.exceptions.DatasetNotFoundError as e:
         raise UgeError(
             f"dataset '{path}' is neither a local folder nor a dataset on the Hugging Face Hub ({e}); check the name"
@@ -101,8 +107,20 @@ def load_source(
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
         where = "local dataset" if is_local else "Hub dataset"
         raise UgeError(f"could not load the {where} '{path}': {e}") from e
-    if not isinstance(loaded, datasets.DatasetDict):
+    if not isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise UgeError(f"'{path}' did not load as a dataset with splits (got {type(loaded).__name__})")
+    return loaded
+
+
+def load_map_style(source) -> datasets.DatasetDict:
+    """`load_source` for the readers that index rows (verify's comparison, evaluation): a streaming source is a
+    UgeError saying how to materialise it."""
+    loaded = load_source(source)
+    if isinstance(loaded, datasets.IterableDatasetDict):
+        raise UgeError(
+            f"a streaming {type(source).__name__} cannot be compared or evaluated row by row: materialise it first,"
+            " e.g. load it without streaming=True or build it with Dataset.from_generator"
+        )
     return loaded
 
 

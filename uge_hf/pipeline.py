@@ -41,6 +41,7 @@ def protect(
     *,
     config: ProtectConfig | None = None,
     overwrite: bool = False,
+    streaming: bool = False,
     **options,
 ) -> ProtectResult | None:
     """Protect `dataset` so that only the `authorized` network(s) learn well from it.
@@ -54,6 +55,11 @@ def protect(
         config: a full `ProtectConfig` (used as it is: validated when it was made); `authorized` and `options` (any
             of its fields) override it, and the result is validated again.
         overwrite: replace a non-empty `output_dir` (and its private folder).
+        streaming: read a folder or Hub id `dataset` as a streaming `IterableDatasetDict` (`load_dataset(...,
+            streaming=True)`); an `IterableDataset(Dict)` passed as `dataset` is streaming already. A streaming source
+            needs `shard_rows` and a per-row method (keyed, lock): rows are read in order, `shard_rows` at a time,
+            checked per shard (a bad row is a UgeError naming it, nothing written), and the release is byte for byte
+            the one of the same rows loaded map-style.
 
     Returns:
         A `ProtectResult`: the protected `DatasetDict`, the card's `uge:` block (`UgeBlock`, as written), and the
@@ -78,7 +84,7 @@ def protect(
                        " publish_authorized=True to make them public")
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
-    splits = load_source(dataset)
+    splits = load_source(dataset, streaming=streaming)
     source = source_metadata(dataset, splits)
     missing = [split for split in config.splits if split not in splits]
     if missing:
