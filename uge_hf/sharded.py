@@ -98,7 +98,7 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
         finder = rows_method(config, key, image_size, num_classes=len(class_names))
         pad_dir = work / "longest"
         pad_dir.mkdir(exist_ok=True)
-        with progress_bar("measuring unlock data", total=None) as advance:
+        with progress_bar("measuring unlock data", total=shards.expected(config.splits)) as advance:
             for name, index, start, part in shards.mine(config.splits):
                 path = pad_dir / f"{name}-{index:05d}.json"
                 fingerprint = _rows_sha256(part)
@@ -119,7 +119,7 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
     method = rows_method(config, key, image_size, num_classes=len(class_names), first_split_rows=first_rows,
                          longest=longest)
 
-    with progress_bar("protecting shards", total=None) as advance:
+    with progress_bar("protecting shards", total=shards.expected(written)) as advance:
         for name, index, start, part in shards.mine(written):
             stats_path = stats_dir / f"{name}-{index:05d}.json"
             fingerprint = _rows_sha256(part)
@@ -228,6 +228,13 @@ class _Shards:
                     yield name, index, start, part
                 number += 1
             self.count[name] = index + 1
+
+    def expected(self, names: list[str]) -> int | None:
+        """How many shards of `names` are this rank's; None for a streaming split (its rows are not known yet)."""
+        if any(isinstance(self.splits[name], IterableDataset) for name in names):
+            return None
+        total = sum(max(1, -(-self.splits[name].num_rows // self.shard_rows)) for name in self.splits if name in names)
+        return len(range(self.rank, total, self.world))
 
     def _parts(self, split) -> Iterator[tuple[int, Callable[[], Dataset]]]:
         if isinstance(split, IterableDataset):
