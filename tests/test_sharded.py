@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import DatasetDict, IterableDatasetDict
+from datasets import DatasetDict, IterableDataset, IterableDatasetDict
 
 import uge_hf
 from uge_hf import sharded
@@ -222,15 +222,42 @@ def test_a_streaming_source_gives_the_map_style_release(method, reference, lock_
     assert result.dataset["train"].num_rows == source_["train"].num_rows
 
 
-def test_a_bad_row_of_a_streaming_source_is_named_and_nothing_is_written(tmp_path):
+def broken_stream():
+    """40 rows whose row 21 (in the second shard of 16 rows) is not an image."""
     import datasets
 
     rows = make_image_dataset(40, seed=0).cast_column("picture", datasets.Image(decode=False))
     broken = rows.map(lambda row, i: {"picture": {"bytes": b"not an image", "path": None} if i == 21 else row["picture"]},
                       with_indices=True, features=rows.features)
+    return broken.to_iterable_dataset()
+
+
+def no_rows():
+    yield from ()
+
+
+def test_a_bad_row_of_a_streaming_source_is_named_and_nothing_is_written(tmp_path):
     with pytest.raises(UgeError, match=r"split 'train', row 21, column 'picture': could not decode the image"):
-        uge_hf.protect(broken.to_iterable_dataset(), output_dir=tmp_path / "out", shard_rows=16, **KEYED_OPTIONS)
+        uge_hf.protect(broken_stream(), output_dir=tmp_path / "out", shard_rows=16, **KEYED_OPTIONS)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.private").exists()
+    with pytest.raises(UgeError, match="split 'train' is empty: there is nothing to protect"):
+        uge_hf.protect(IterableDataset.from_generator(no_rows, features=make_image_dataset(4).features),
+                       output_dir=tmp_path / "empty", shard_rows=16, image_size=16, **KEYED_OPTIONS)
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_on_a_bad_row_stops_rank_0_at_once_with_its_message(tmp_path):
+    """Row 21 is in the second shard, rank 1's: rank 0 does not wait STALL_SECONDS for it but reports rank 1's error."""
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "import uge_hf\nfrom tests.test_sharded import *\n"
+              f"uge_hf.protect(broken_stream(), output_dir={str(tmp_path / 'out')!r}, shard_rows=16, **KEYED_OPTIONS)\n")
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "UGE_HF_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    ranks = [subprocess.Popen([sys.executable, "-c", script], env={**env, "RANK": str(rank)}, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [rank.communicate(timeout=120)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [1, 1]
+    assert "rank1 stopped: split 'train', row 21, column 'picture': could not decode the image" in errors[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_streaming_mistakes_are_one_line_errors_before_any_work(tmp_path):

@@ -69,12 +69,24 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
     protected split is empty, or when a written shard fails its re-check against its source rows; nothing is moved
     into place then, and the finished shards stay in the work folder for a rerun.
     """
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    work = output.parent / f"{output.name}.uge-work"
+    try:
+        return _protect_sharded(splits, config, image_column, label_column, class_names, image_size, output, private,
+                                source, rank, world, work)
+    except UgeError as e:  # the other ranks, waiting for this rank's files, stop with this message at once
+        if work.is_dir() and world > 1:
+            atomic_write(work / f"failed-rank{rank}.txt", lambda partial: partial.write_text(str(e)))
+        raise
+
+
+def _protect_sharded(splits, config: ProtectConfig, image_column: str, label_column: str, class_names: list[str],
+                     image_size: tuple[int, int], output: Path, private: Path, source: SourceMetadata, rank: int,
+                     world: int, work: Path) -> tuple[DatasetDict, UgeBlock, Path, Path] | None:
     from .methods import get_method
     from .methods.base import chunk_rows
 
     rows_method = get_method(config.method).ROWS
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    work = output.parent / f"{output.name}.uge-work"
     staging, stats_dir = work / "release", work / "shards"
     written = [name for name in splits if name in config.splits or config.keep_other_splits]
     streaming = any(isinstance(splits[name], IterableDataset) for name in written)
@@ -111,7 +123,7 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
                 advance()
         found = {job: json.loads(path.read_text()) for job, path in _wait_for(
             {(name, index): pad_dir / f"{name}-{index:05d}.json" for name in config.splits
-             for index in range(shards.count[name])})}
+             for index in range(shards.count[name])}, work)}
         longest = max(s["longest"] for s in found.values())
         first_rows = sum(s["rows"] for (name, _), s in found.items() if name == config.splits[0])
     elif not streaming:
@@ -123,23 +135,20 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
         for name, index, start, part in shards.mine(written):
             stats_path = stats_dir / f"{name}-{index:05d}.json"
             fingerprint = _rows_sha256(part)
-            done = stats_path.is_file() and json.loads(stats_path.read_text()).get("source_sha256") == fingerprint
+            done = stats_path.is_file() and json.loads(stats_path.read_text()).get("source") == [fingerprint, longest]
             if not (done and _shard_path(staging, name, index) is not None):
                 with quiet_libraries():  # one bar per shard, the one above, not datasets' per map and file
                     stats = _write_shard(part, name, index, start, name in config.splits, features, staging, method,
                                          config.pixel_bound, image_column, label_column, class_names, image_size, chunk)
-                stats["source_sha256"] = fingerprint
+                stats["source"] = [fingerprint, longest]  # a shard is redone when its rows or the padding changed
                 atomic_write(stats_path, lambda partial, stats=stats: partial.write_text(json.dumps(stats)))
             advance()
-    for name in config.splits:
-        if shards.count[name] == 0:
-            raise UgeError(f"split '{name}' is empty: there is nothing to protect")
     if rank != 0:
         return None
 
     jobs = [(name, index) for name in written for index in range(shards.count[name])]
     stats = {job: json.loads(path.read_text()) for job, path in _wait_for(
-        {(name, index): stats_dir / f"{name}-{index:05d}.json" for name, index in jobs})}
+        {(name, index): stats_dir / f"{name}-{index:05d}.json" for name, index in jobs}, work)}
     for name, index in jobs:  # the final names, now that every split's shard count is known
         path = _shard_path(staging, name, index)
         final = path.with_name(f"{name}-{index:05d}-of-{shards.count[name]:05d}.parquet")
@@ -281,6 +290,8 @@ def _run_key(work: Path, run: dict, rank: int, draw: Callable[[], bytes], load: 
     """
     described, key_path = work / "run.json", work / "private" / "key.json"
     if rank == 0:
+        for failed in work.glob("failed-rank*.txt"):  # a rerun starts with no rank failed
+            failed.unlink()
         if not (described.is_file() and json.loads(described.read_text()) == run and key_path.is_file()):
             shutil.rmtree(work, ignore_errors=True)
             key_bytes = draw()
@@ -292,18 +303,21 @@ def _run_key(work: Path, run: dict, rank: int, draw: Callable[[], bytes], load: 
                 os.umask(old_mask)
             atomic_write(described, lambda partial: partial.write_text(json.dumps(run)))
     else:
-        _wait_for({"run": described, "key": key_path}, ready=lambda: json.loads(described.read_text()) == run)
+        _wait_for({"run": described, "key": key_path}, work, ready=lambda: json.loads(described.read_text()) == run)
     return load(key_path)
 
 
-def _wait_for(paths: dict, ready=lambda: True) -> list:
+def _wait_for(paths: dict, work: Path, ready=lambda: True) -> list:
     """Wait until every path exists (and `ready()`), polling the shared filesystem; [(name, path)].
 
-    Raises UgeError when none of the missing files appeared for `STALL_SECONDS` (another rank died or was never
+    Raises UgeError with another rank's message as soon as it left one in `work` (`failed-rankN.txt`: it stopped on
+    a UgeError), and when none of the missing files appeared for `STALL_SECONDS` (another rank died or was never
     started): the finished shards stay in the work folder, and running the same command again resumes.
     """
     seen, since = -1, time.monotonic()
     while True:
+        for failed in sorted(work.glob("failed-rank*.txt")):
+            raise UgeError(f"{failed.stem.split('-')[1]} stopped: {failed.read_text()}")
         present = sum(path.is_file() for path in paths.values())
         if present == len(paths) and ready():
             return list(paths.items())

@@ -112,7 +112,9 @@ def check_shard(name: str, part: datasets.Dataset, first_row: int, image_column:
                 class_names: list[str], fit_name: str, protected: bool) -> None:
     """The checks `validate_splits` makes of a whole split, on one shard of a streaming split (rows `first_row`...):
     every label a class of split `fit_name` (missing only in a copied split), every image decodable. UgeError naming
-    split and row."""
+    split and row; a protected split with no rows is a UgeError too."""
+    if protected and first_row == 0 and part.num_rows == 0:
+        raise UgeError(f"split '{name}' is empty: there is nothing to protect")
     _check_labels(name, part, label_column, class_names, fit_name, protected, first_row)
     _check_images(name, part, image_column, first_row)
 
