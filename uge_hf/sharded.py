@@ -149,6 +149,10 @@ def _protect_sharded(splits, config: ProtectConfig, image_column: str, label_col
     jobs = [(name, index) for name in written for index in range(shards.count[name])]
     stats = {job: json.loads(path.read_text()) for job, path in _wait_for(
         {(name, index): stats_dir / f"{name}-{index:05d}.json" for name, index in jobs}, work)}
+    kept = {_shard_path(staging, name, index) for name, index in jobs}
+    for path in (staging / "data").glob("*.parquet"):  # a resumed streaming run whose source now has fewer rows
+        if path not in kept:
+            path.unlink()
     for name, index in jobs:  # the final names, now that every split's shard count is known
         path = _shard_path(staging, name, index)
         final = path.with_name(f"{name}-{index:05d}-of-{shards.count[name]:05d}.parquet")
