@@ -10,6 +10,10 @@ card, re-check) in fresh processes, whose peak RSS is their own `ru_maxrss`:
   the fly by a separate process and kept in the work folder as parquet shards; or
 - `--source FOLDER`, a dataset folder (e.g. CIFAR-10, Hub schema `img` / `label`): every row of it.
 
+`--streaming` reads the source as a stream (`protect(streaming=True)`) instead of memory-mapping the datasets cache's
+Arrow files: the pages of a memory-mapped file that were read count in RSS (file-backed, reclaimable page cache), so a
+map-style source's RSS grows with the rows read even when what the process holds (anonymous RSS) does not.
+
 `--processes 1 2` runs each dataset once per count; N > 1 processes are launched as `torchrun` / `accelerate launch`
 ranks are (`RANK` / `WORLD_SIZE` in the environment; the shard writer needs no process group), each reporting its
 own peak RSS. Runs after the first use the first run's key, and their release is compared byte for byte with the
@@ -88,7 +92,7 @@ def _png(pixels) -> bytes:
 
 
 def child(source: Path, method: str, output: Path, shard_rows: int | None, key_file: str | None,
-          trace: Path) -> dict:
+          trace: Path, streaming: bool = False) -> dict:
     """One process of one measurement (a rank when WORLD_SIZE is set): protect `source`, report time and RSS."""
     import datasets.utils
 
@@ -101,7 +105,7 @@ def child(source: Path, method: str, output: Path, shard_rows: int | None, key_f
     sampler = _Sampler(output.parent / f"{output.name}.uge-work" / "shards", trace)
     start = time.perf_counter()
     uge_hf.protect(str(source), output_dir=output, method=method, authorized="resnet18-w16-seed0", overwrite=True,
-                   shard_rows=shard_rows, key_file=key_file)
+                   shard_rows=shard_rows, key_file=key_file, streaming=streaming)
     seconds = time.perf_counter() - start
     sampler.stop()
     return {"rank": int(os.environ.get("RANK", "0")), "seconds": round(seconds, 1),
@@ -154,6 +158,7 @@ class _Sampler:
                 self._seen = done
                 line = {"shards_done": done, "seconds": round(time.perf_counter() - self._start, 1),
                         "rss_mib": _status_mib("VmRSS"), "anonymous_mib": _status_mib("RssAnon"),
+                        "file_mib": _status_mib("RssFile"),
                         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
                 with self._trace.open("a") as f:
                     f.write(json.dumps(line) + "\n")
@@ -215,7 +220,7 @@ def measure(args, label: str, source: Path, rows: int, processes: int, key_file:
             command = [sys.executable, __file__, "--child", str(source), "--method", args.method, "--output",
                        str(output), "--trace", str(traces[rank]),
                        *(["--shard-rows", str(args.shard_rows)] if args.shard_rows else []),
-                       *(["--key-file", key_file] if key_file else [])]
+                       *(["--key-file", key_file] if key_file else []), *(["--streaming"] if args.streaming else [])]
             children.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
         outputs = [c.communicate() for c in children]
     except Cut as e:
@@ -257,6 +262,8 @@ def main() -> None:
     parser.add_argument("--name", help="results file name (default scale_METHOD_SIZEpx[_shardsN])")
     parser.add_argument("--shard-rows", type=int, help="the shard-by-shard writer, this many rows per shard;"
                         " default: the in-memory writer")
+    parser.add_argument("--streaming", action="store_true", help="read the source as a stream (protect(streaming=True):"
+                        " load_dataset(..., streaming=True)); needs --shard-rows")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
@@ -273,12 +280,14 @@ def main() -> None:
         synthetic_source(args.work_dir / f"source-{args.make_source}-{args.size}", args.make_source, args.size)
         return
     if args.child is not None:
-        print(json.dumps(child(args.child, args.method, args.output, args.shard_rows, args.key_file, args.trace)))
+        print(json.dumps(child(args.child, args.method, args.output, args.shard_rows, args.key_file, args.trace,
+                               args.streaming)))
         return
 
     command = "OMP_NUM_THREADS={} python benchmarks/scale.py {}".format(
         os.environ.get("OMP_NUM_THREADS", "(unset)"), shlex.join(sys.argv[1:]))
-    name = args.name or (f"scale_{args.method}_{args.size}px" + (f"_shards{args.shard_rows}" if args.shard_rows else ""))
+    name = args.name or (f"scale_{args.method}_{args.size}px" + (f"_shards{args.shard_rows}" if args.shard_rows else "")
+                         + ("_streaming" if args.streaming else ""))
     signal.signal(signal.SIGTERM, _cut)
     signal.signal(signal.SIGINT, _cut)
     if args.source is not None:
@@ -344,6 +353,7 @@ def _write(args, name: str, command: str, runs: list[dict], comparisons: list[di
     (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     what = f"{args.source.name}" if args.source else f"{args.size}x{args.size} synthetic images"
     writer = f"shard by shard, {args.shard_rows} rows per shard" if args.shard_rows else "each split in memory"
+    writer += ", source read as a stream" if args.streaming else ""
     lines = [f"# protect() at scale: {args.method}, {what}, {writer}", "", f"Command: `{command}` (code: {payload['code']})", "",
              "| rows | processes | wall s | img/s | apply img/s | peak RSS per process (MiB) | peak anonymous RSS"
              " per process (MiB) |", "|---|---|---|---|---|---|---|"]
@@ -367,10 +377,10 @@ def _write(args, name: str, command: str, runs: list[dict], comparisons: list[di
         if r.get("per_shard"):
             lines += ["", f"RSS of rank 0 as each shard finished ({r['rows']} rows, {r['processes']} process(es)"
                           f"{', CUT: ' + r['cut'] if 'cut' in r else ''}):", "",
-                      "| shards done | seconds | RSS (MiB) | anonymous RSS (MiB) | peak RSS so far (MiB) |",
-                      "|---|---|---|---|---|"]
+                      "| shards done | seconds | RSS (MiB) | anonymous RSS (MiB) | file-backed RSS (MiB) |"
+                      " peak RSS so far (MiB) |", "|---|---|---|---|---|---|"]
             lines += [f"| {s['shards_done']} | {s['seconds']} | {s['rss_mib']} | {s['anonymous_mib']} |"
-                      f" {s['peak_rss_mib']} |" for s in r["per_shard"]]
+                      f" {s.get('file_mib', '')} | {s['peak_rss_mib']} |" for s in r["per_shard"]]
     (args.results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

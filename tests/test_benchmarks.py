@@ -159,3 +159,4 @@ def test_scale_benchmark_smoke(tmp_path):
     assert shards == sorted(set(shards)) and 1 <= shards[-1] <= 3  # 24 rows / 8 per shard
     assert payload["comparisons"] == [{"dataset": "24-16", "processes": [1, 2], "release_bytes_identical": True}]
     assert "scale.py --rows 24" in payload["command"]
+    assert {"rss_mib", "anonymous_mib", "file_mib"} <= set(one["per_shard"][0])
