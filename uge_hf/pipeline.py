@@ -156,7 +156,9 @@ def _check_streaming(config: ProtectConfig, fit: IterableDataset) -> None:
 class ProtectResult:
     """What `protect()` made: the protected splits, the card's block, and where they were written."""
 
-    dataset: DatasetDict  # the released splits: protected ones with their new images, the others as configured
+    # the released splits: protected ones with their new images, the others as configured (an IterableDatasetDict
+    # read from the release's shards when the source was streaming)
+    dataset: DatasetDict | IterableDatasetDict
     card: UgeBlock  # the `uge:` block (written to release_dir/README.md when there is a release folder)
     release_dir: Path | None  # the release folder (absolute); None when protect() was given no output_dir
     private_dir: Path | None  # OUTPUT.private/ (key, authorized weights); None when the method wrote nothing private

@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, IterableDataset, SplitDict, SplitInfo
+from datasets import (ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, IterableDataset, IterableDatasetDict,
+                      SplitDict, SplitInfo)
 from datasets import Image as ImageFeature
 
 from .card import AuthorizedEntry, InputTransform, PerturbationStats, Results, UgeBlock, render_card
@@ -60,14 +61,15 @@ PREVIEW_ROWS = 8
 
 def protect_sharded(splits, config: ProtectConfig, image_column: str, label_column: str,
                     class_names: list[str], image_size: tuple[int, int], output: Path, private: Path,
-                    source: SourceMetadata) -> tuple[DatasetDict, UgeBlock, Path, Path] | None:
+                    source: SourceMetadata) -> tuple[DatasetDict | IterableDatasetDict, UgeBlock, Path, Path] | None:
     """Write the release of `splits` (a `DatasetDict`, validated, or an `IterableDatasetDict`, whose rows are
     validated shard by shard) with a per-row method into `output`, its key material into `private`.
 
-    Returns (released splits read back from the shards, the card's block, output, private) on rank 0, None on the
-    other ranks. Raises UgeError when a row of a streaming split fails its check (naming split and row), when a
-    protected split is empty, or when a written shard fails its re-check against its source rows; nothing is moved
-    into place then, and the finished shards stay in the work folder for a rerun.
+    Returns (released splits read back from the shards: a `DatasetDict`, or for a streaming source an
+    `IterableDatasetDict`; the card's block; output; private) on rank 0, None on the other ranks. Raises UgeError
+    when a row of a streaming split fails its check (naming split and row), when a protected split is empty, when
+    another rank stopped on one, or when a written shard fails its re-check against its source rows; nothing is
+    moved into place then, and the finished shards stay in the work folder for a rerun.
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     work = output.parent / f"{output.name}.uge-work"
@@ -82,7 +84,7 @@ def protect_sharded(splits, config: ProtectConfig, image_column: str, label_colu
 
 def _protect_sharded(splits, config: ProtectConfig, image_column: str, label_column: str, class_names: list[str],
                      image_size: tuple[int, int], output: Path, private: Path, source: SourceMetadata, rank: int,
-                     world: int, work: Path) -> tuple[DatasetDict, UgeBlock, Path, Path] | None:
+                     world: int, work: Path) -> tuple[DatasetDict | IterableDatasetDict, UgeBlock, Path, Path] | None:
     from .methods import get_method
     from .methods.base import chunk_rows
 
@@ -202,10 +204,16 @@ def _protect_sharded(splits, config: ProtectConfig, image_column: str, label_col
     from .layout import release_data_files
 
     # memory-mapped (converted into the datasets cache batch by batch), not read into memory as layout.load_release
-    # does: the result must not hold the whole release either
-    files = release_data_files(output)
-    released = DatasetDict({name: Dataset.from_parquet([str(f) for f in files[name]], features=features,
-                                                       split=name) for name in written})
+    # does: the result must not hold the whole release either. A streaming source gets a streaming result, read
+    # straight from the release's shards (no second copy of the release in the cache)
+    files = {name: [str(f) for f in paths] for name, paths in release_data_files(output).items() if name in written}
+    if streaming:
+        from datasets import load_dataset
+
+        released = load_dataset("parquet", data_files=files, features=features, streaming=True)
+    else:
+        released = DatasetDict({name: Dataset.from_parquet(files[name], features=features, split=name)
+                                for name in written})
     return released, card, output.resolve(), private.resolve()
 
 
