@@ -63,7 +63,8 @@ def protect(
 
     Returns:
         A `ProtectResult`: the protected `DatasetDict`, the card's `uge:` block (`UgeBlock`, as written), and the
-        release and private folders (None where none was written). Other processes of a multi-process run get None.
+        release and private folders (None where none was written). For a streaming source the splits are an
+        `IterableDatasetDict` read from the release's shards. Other processes of a multi-process run get None.
         (Before 0.2 this returned the `DatasetDict` alone: `result["train"]` still works, with a DeprecationWarning;
         use `result.dataset["train"]`.)
     """
