@@ -1,30 +1,46 @@
-"""How protect() scales with the number of rows (issue 14, items 1-3): wall time, rows/s and peak RSS per size.
+"""How protect() scales with the number of rows and processes (issue 14, items 1-3): wall time, img/s, peak RSS.
 
-    python benchmarks/scale.py [--rows 10000 100000] [--size 224] [--method keyed] [--shard-rows N] [--work-dir DIR]
+    python benchmarks/scale.py [--rows 10000 100000] [--size 224] [--method keyed] [--shard-rows N]
+                               [--source FOLDER] [--processes 1 2] [--name NAME] [--work-dir DIR]
 
-For each row count, a synthetic image-classification dataset (10 classes, smooth images at SIZE x SIZE, PNG, made on
-the fly and kept in the work folder as parquet shards) is protected end to end by `uge_hf.protect` in a fresh
-process (read, decode, protect, PNG encode, parquet, card, re-check), whose peak RSS is its own `ru_maxrss`.
-Writes benchmarks/results/scale.{json,md}.
+Each measurement protects a dataset end to end with `uge_hf.protect` (read, decode, protect, PNG encode, parquet,
+card, re-check) in fresh processes, whose peak RSS is their own `ru_maxrss`:
 
-The target (issue 14): peak RSS flat when rows grow 10x (<= 1.5x). Today's writer holds a split in memory as uint8
-tensors (the source and the protected copy, 2 x rows x 3 x SIZE^2 bytes, plus the encoded split), so RSS grows with
-rows; a size whose estimate (protect()'s own, `validate.BYTES_PER_PIXEL`) exceeds 80% of the memory available is
-skipped and reported (protect() itself refuses it up front when it exceeds the machine's memory).
-`--shard-rows N` measures the keyed method's shard-by-shard writer (`ProtectConfig.shard_rows`) instead, whose
-memory is one shard's.
+- a synthetic image-classification set (10 classes, smooth images at SIZE x SIZE, PNG), one per `--rows`, made on
+  the fly by a separate process and kept in the work folder as parquet shards; or
+- `--source FOLDER`, a dataset folder (e.g. CIFAR-10, Hub schema `img` / `label`): every row of it.
+
+`--streaming` reads the source as a stream (`protect(streaming=True)`) instead of memory-mapping the datasets cache's
+Arrow files: the pages of a memory-mapped file that were read count in RSS (file-backed, reclaimable page cache), so a
+map-style source's RSS grows with the rows read even when what the process holds (anonymous RSS) does not.
+
+`--processes 1 2` runs each dataset once per count; N > 1 processes are launched as `torchrun` / `accelerate launch`
+ranks are (`RANK` / `WORLD_SIZE` in the environment; the shard writer needs no process group), each reporting its
+own peak RSS. Runs after the first use the first run's key, and their release is compared byte for byte with the
+first one's (every file). With `--shard-rows`, a thread in each process records its RSS each time a shard finishes
+(`per_shard`), so whether memory stays flat is visible even in a run that is stopped: SIGTERM / Ctrl-C stops the
+running measurement, and the results written then hold what it measured, marked as cut. The apply step
+(`protect_keyed` alone, inside the run) is timed too. Writes benchmarks/results/NAME.{json,md}.
+
+Without `--shard-rows` the in-memory writer is measured, which holds a split as uint8 tensors (source and protected
+copy, 2 x rows x 3 x SIZE^2 bytes, plus the encoded split); a size whose estimate (protect()'s own,
+`validate.BYTES_PER_PIXEL`) exceeds 80% of the memory available is skipped and reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import resource
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,48 +91,77 @@ def _png(pixels) -> bytes:
     return buffer.getvalue()
 
 
-def child(rows: int, size: int, method: str, work: Path, shard_rows: int | None = None) -> dict:
-    """One measurement, in this (fresh) process: protect the synthetic set of `rows` rows, report time and RSS."""
+def child(source: Path, method: str, output: Path, shard_rows: int | None, key_file: str | None,
+          trace: Path, streaming: bool = False) -> dict:
+    """One process of one measurement (a rank when WORLD_SIZE is set): protect `source`, report time and RSS."""
     import datasets.utils
 
     import uge_hf
+    from uge_hf.methods import keyed
 
-    datasets.utils.disable_progress_bars()  # making the source is not what is measured
-    source = synthetic_source(work / f"source-{rows}-{size}", rows, size)
+    datasets.utils.disable_progress_bars()
+    apply = _timed(keyed, "protect_keyed")  # the apply step, inside the real run (the keyed method's rows)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    output = work / f"release-{rows}-{size}"
-    anonymous = _AnonymousPeak()
+    sampler = _Sampler(output.parent / f"{output.name}.uge-work" / "shards", trace)
     start = time.perf_counter()
     uge_hf.protect(str(source), output_dir=output, method=method, authorized="resnet18-w16-seed0", overwrite=True,
-                   shard_rows=shard_rows)
+                   shard_rows=shard_rows, key_file=key_file, streaming=streaming)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    anonymous.stop()
-    shutil.rmtree(output, ignore_errors=True)
-    shutil.rmtree(output.parent / f"{output.name}.private", ignore_errors=True)
-    return {"rows": rows, "size": size, "method": method, "shard_rows": shard_rows, "seconds": round(seconds, 1),
-            "rows_per_s": round(rows / seconds, 1), "peak_rss_mib": round(peak / 1024),
-            "rss_before_protect_mib": round(before / 1024), "peak_anonymous_mib": anonymous.peak_mib}
+    sampler.stop()
+    return {"rank": int(os.environ.get("RANK", "0")), "seconds": round(seconds, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_before_protect_mib": round(before / 1024), "peak_anonymous_mib": sampler.peak_anonymous_mib,
+            "apply_seconds": round(apply["seconds"], 2), "apply_rows": apply["rows"]}
 
 
-class _AnonymousPeak:
-    """The largest RssAnon (memory the process allocated itself) seen, sampled every 0.1 s in a thread.
+def _timed(module, name: str) -> dict:
+    """Wrap `module.name` (a function of (images, ...)) to add up its seconds and rows; the totals, live."""
+    real, totals = getattr(module, name), {"seconds": 0.0, "rows": 0}
+
+    def timed(images, *args, **kwargs):
+        start = time.perf_counter()
+        out = real(images, *args, **kwargs)
+        totals["seconds"] += time.perf_counter() - start
+        totals["rows"] += len(images)
+        return out
+
+    setattr(module, name, timed)
+    return totals
+
+
+def _status_mib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024)
+    return 0
+
+
+class _Sampler:
+    """Every 0.1 s in a thread: the largest RssAnon seen, and one line in `trace` (JSON) each time the number of
+    finished shards in `shards` (the shard writer's statistics files, every rank's) grows.
 
     ru_maxrss also counts the pages of memory-mapped files that were read (datasets maps its Arrow files): those
-    are the page cache, which the kernel reclaims, and they grow with what was read, not with what is held."""
+    are the page cache, which the kernel reclaims, and they grow with what was read, not with what is held; RssAnon
+    is what the process allocated itself."""
 
-    def __init__(self):
-        import threading
-
-        self.peak_mib, self._done = 0, threading.Event()
+    def __init__(self, shards: Path, trace: Path):
+        self.peak_anonymous_mib, self._shards, self._trace = 0, shards, trace
+        self._start, self._seen, self._done = time.perf_counter(), 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self):
         while not self._done.wait(0.1):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    self.peak_mib = max(self.peak_mib, round(int(line.split()[1]) / 1024))
+            self.peak_anonymous_mib = max(self.peak_anonymous_mib, _status_mib("RssAnon"))
+            done = len(list(self._shards.glob("*.json"))) if self._shards.is_dir() else 0
+            if done > self._seen:
+                self._seen = done
+                line = {"shards_done": done, "seconds": round(time.perf_counter() - self._start, 1),
+                        "rss_mib": _status_mib("VmRSS"), "anonymous_mib": _status_mib("RssAnon"),
+                        "file_mib": _status_mib("RssFile"),
+                        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+                with self._trace.open("a") as f:
+                    f.write(json.dumps(line) + "\n")
 
     def stop(self):
         self._done.set()
@@ -124,7 +169,7 @@ class _AnonymousPeak:
 
 
 def estimated_gib(rows: int, size: int) -> float:
-    """What `protect()` itself estimates for today's in-memory writer (`validate.BYTES_PER_PIXEL` per protected pixel
+    """What `protect()` itself estimates for the in-memory writer (`validate.BYTES_PER_PIXEL` per protected pixel
     and channel), and refuses up front beyond the machine's memory."""
     from uge_hf.validate import BYTES_PER_PIXEL
 
@@ -138,67 +183,205 @@ def available_gib() -> float:
     return float("inf")
 
 
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `folder`."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            digests[str(path.relative_to(folder))] = digest.hexdigest()
+    return digests
+
+
+class Cut(Exception):
+    """SIGTERM / Ctrl-C: stop the running measurement and write what was measured."""
+
+
+def _cut(signum, frame):
+    raise Cut(signal.Signals(signum).name)
+
+
+def measure(args, label: str, source: Path, rows: int, processes: int, key_file: str | None) -> dict:
+    """Protect `source` with `processes` ranks; wall time, every rank's report and rank 0's per-shard samples."""
+    output = args.work_dir / f"release-{label}-p{processes}"
+    for path in (output, output.parent / f"{output.name}.private", output.parent / f"{output.name}.uge-work"):
+        shutil.rmtree(path, ignore_errors=True)  # a fresh run, not a resumed one
+    traces = [args.work_dir / f"trace-{label}-p{processes}-rank{rank}.jsonl" for rank in range(processes)]
+    for trace in traces:
+        trace.unlink(missing_ok=True)
+    run = {"rows": rows, "method": args.method, "shard_rows": args.shard_rows, "processes": processes}
+    children, start = [], time.perf_counter()
+    try:
+        for rank in range(processes):
+            env = {**os.environ, **({"RANK": str(rank), "WORLD_SIZE": str(processes)} if processes > 1 else {})}
+            command = [sys.executable, __file__, "--child", str(source), "--method", args.method, "--output",
+                       str(output), "--trace", str(traces[rank]),
+                       *(["--shard-rows", str(args.shard_rows)] if args.shard_rows else []),
+                       *(["--key-file", key_file] if key_file else []), *(["--streaming"] if args.streaming else [])]
+            children.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outputs = [c.communicate() for c in children]
+    except Cut as e:
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.wait()
+        run["cut"] = f"stopped by {e} after {time.perf_counter() - start:.0f} s"
+        outputs = None
+    run["wall_s"] = round(time.perf_counter() - start, 1)
+    run["per_shard"] = [json.loads(line) for line in traces[0].read_text().splitlines()] if traces[0].exists() else []
+    if outputs is None:
+        return run
+    if any(c.returncode < 0 for c in children):  # killed by a signal: SIGKILL here is the out-of-memory killer
+        run["skipped"] = f"killed by signal(s) {[-c.returncode for c in children]} (9: out of memory) while protecting"
+        return run
+    failed = [err[-3000:] for c, (_, err) in zip(children, outputs) if c.returncode != 0]
+    if failed:
+        raise SystemExit(f"the run of {label} with {processes} process(es) failed:\n{failed[0]}")
+    run["ranks"] = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    run["img_per_s"] = round(rows / run["wall_s"], 1)
+    apply_rows = sum(r["apply_rows"] for r in run["ranks"])
+    apply_seconds = max(r["apply_seconds"] for r in run["ranks"])
+    run["apply_img_per_s"] = round(apply_rows / apply_seconds) if apply_seconds else None
+    run["output"] = str(output)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--source", type=Path, help="a dataset folder to protect (every row) instead of synthetic sets")
     parser.add_argument("--method", default="keyed", choices=["keyed", "lock"])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1],
+                        help="process counts (RANK / WORLD_SIZE ranks) to run each dataset with")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/uge-scale"))
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
-    parser.add_argument("--shard-rows", type=int, help="the shard-by-shard writer (keyed), this many rows per shard;"
-                        " default: today's in-memory writer")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--name", help="results file name (default scale_METHOD_SIZEpx[_shardsN])")
+    parser.add_argument("--shard-rows", type=int, help="the shard-by-shard writer, this many rows per shard;"
+                        " default: the in-memory writer")
+    parser.add_argument("--streaming", action="store_true", help="read the source as a stream (protect(streaming=True):"
+                        " load_dataset(..., streaming=True)); needs --shard-rows")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--key-file", help=argparse.SUPPRESS)
+    parser.add_argument("--make-source", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("UGE_HF_NO_PROGRESS", "1")
+    args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.make_source is not None:
+        import datasets.utils
+
+        datasets.utils.disable_progress_bars()
+        synthetic_source(args.work_dir / f"source-{args.make_source}-{args.size}", args.make_source, args.size)
+        return
     if args.child is not None:
-        print(json.dumps(child(args.child, args.size, args.method, args.work_dir, args.shard_rows)))
+        print(json.dumps(child(args.child, args.method, args.output, args.shard_rows, args.key_file, args.trace,
+                               args.streaming)))
         return
 
-    runs = []
-    for rows in args.rows:
-        need, have = estimated_gib(min(rows, args.shard_rows or rows), args.size), available_gib()
-        if need > 0.8 * have:
-            runs.append({"rows": rows, "size": args.size, "method": args.method,
-                         "skipped": f"protect() estimates ~{need:.0f} GiB for today's in-memory writer,"
-                                    f" {have:.0f} GiB available (it refuses beyond the machine's memory)"})
-            print(runs[-1], flush=True)
-            continue
-        command = [sys.executable, __file__, "--child", str(rows), "--size", str(args.size), "--method", args.method,
-                   "--work-dir", str(args.work_dir), *(["--shard-rows", str(args.shard_rows)] if args.shard_rows else [])]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode < 0:  # killed by a signal: SIGKILL here is the out-of-memory killer
-            runs.append({"rows": rows, "size": args.size, "method": args.method,
-                         "skipped": f"killed by signal {-done.returncode} (9: out of memory) while protecting"})
-            print(runs[-1], flush=True)
-            continue
-        if done.returncode != 0:
-            raise SystemExit(f"the run of {rows} rows failed:\n{done.stderr[-3000:]}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(runs[-1], flush=True)
+    command = "OMP_NUM_THREADS={} python benchmarks/scale.py {}".format(
+        os.environ.get("OMP_NUM_THREADS", "(unset)"), shlex.join(sys.argv[1:]))
+    name = args.name or (f"scale_{args.method}_{args.size}px" + (f"_shards{args.shard_rows}" if args.shard_rows else "")
+                         + ("_streaming" if args.streaming else ""))
+    signal.signal(signal.SIGTERM, _cut)
+    signal.signal(signal.SIGINT, _cut)
+    if args.source is not None:
+        datasets_ = [(args.source.name, args.source.resolve(), None)]
+    else:
+        datasets_ = [(f"{rows}-{args.size}", args.work_dir / f"source-{rows}-{args.size}", rows) for rows in args.rows]
+    runs, comparisons = [], []
+    try:
+        for label, source, rows in datasets_:
+            if rows is not None:
+                need, have = estimated_gib(min(rows, args.shard_rows or rows), args.size), available_gib()
+                if need > 0.8 * have:
+                    runs.append({"rows": rows, "method": args.method, "skipped":
+                                 f"protect() estimates ~{need:.0f} GiB for the in-memory writer, {have:.0f} GiB available"})
+                    continue
+                subprocess.run([sys.executable, __file__, "--make-source", str(rows), "--size", str(args.size),
+                                "--work-dir", str(args.work_dir)], check=True)
+            else:
+                from datasets import load_dataset
 
-    measured = [r for r in runs if "peak_rss_mib" in r]
-    growth = (measured[-1]["peak_rss_mib"] / measured[0]["peak_rss_mib"]) if len(measured) > 1 else None
-    anonymous = (measured[-1]["peak_anonymous_mib"] / measured[0]["peak_anonymous_mib"]) if len(measured) > 1 else None
-    payload = {"runs": runs, "peak_rss_growth": round(growth, 2) if growth else None,
-               "peak_anonymous_growth": round(anonymous, 2) if anonymous else None,
-               "target": "peak RSS <= 1.5x when rows grow 10x", "cpus": os.cpu_count(),
-               "machine": platform.platform(), "python": platform.python_version()}
+                rows = load_dataset(str(source), split="train").num_rows  # the protected split (the default)
+            first = None
+            for processes in args.processes:
+                key = str(Path(first["output"] + ".private") / "key.json") if first else None
+                run = measure(args, label, source, rows, processes, key)
+                runs.append(run)
+                _write(args, name, command, runs, comparisons)
+                if "cut" in run or "ranks" not in run:
+                    raise Cut("a run that did not finish")
+                if first is None:
+                    first = run
+                else:
+                    same = folder_digest(Path(first["output"])) == folder_digest(Path(run["output"]))
+                    comparisons.append({"dataset": label, "processes": [first["processes"], processes],
+                                        "release_bytes_identical": same})
+                    shutil.rmtree(run["output"], ignore_errors=True)
+                    shutil.rmtree(run["output"] + ".private", ignore_errors=True)
+            if first is not None:
+                shutil.rmtree(first["output"], ignore_errors=True)
+                shutil.rmtree(first["output"] + ".private", ignore_errors=True)
+    except Cut:
+        pass
+    _write(args, name, command, runs, comparisons)
+    print((args.results_dir / f"{name}.md").read_text())
+
+
+def _commit() -> str | None:
+    """The measured checkout's git commit (None outside a git checkout: set UGE_HF_COMMIT)."""
+    done = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def _write(args, name: str, command: str, runs: list[dict], comparisons: list[dict]) -> None:
+    """benchmarks/results/NAME.{json,md}: every run (finished, cut or skipped) as measured."""
+    measured = [r for r in runs if "ranks" in r and r["processes"] == args.processes[0]]
+    anonymous = [max(k["peak_anonymous_mib"] for k in r["ranks"]) for r in measured]
+    peak = [max(k["peak_rss_mib"] for k in r["ranks"]) for r in measured]
+    payload = {"command": command, "code": os.environ.get("UGE_HF_COMMIT") or _commit(), "runs": runs, "comparisons": comparisons,
+               "peak_rss_growth": round(peak[-1] / peak[0], 2) if len(measured) > 1 else None,
+               "peak_anonymous_growth": round(anonymous[-1] / anonymous[0], 2) if len(measured) > 1 else None,
+               "cpus": os.cpu_count(), "machine": platform.platform(), "python": platform.python_version()}
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    name = f"scale_{args.method}_{args.size}px" + (f"_shards{args.shard_rows}" if args.shard_rows else "")
     (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    what = f"{args.source.name}" if args.source else f"{args.size}x{args.size} synthetic images"
     writer = f"shard by shard, {args.shard_rows} rows per shard" if args.shard_rows else "each split in memory"
-    lines = [f"# protect() at scale: {args.method}, {args.size}x{args.size} synthetic images, {writer}", "",
-             "| rows | seconds | rows/s | peak RSS (MiB) | peak anonymous RSS (MiB) |", "|---|---|---|---|---|"]
+    writer += ", source read as a stream" if args.streaming else ""
+    lines = [f"# protect() at scale: {args.method}, {what}, {writer}", "", f"Command: `{command}` (code: {payload['code']})", "",
+             "| rows | processes | wall s | img/s | apply img/s | peak RSS per process (MiB) | peak anonymous RSS"
+             " per process (MiB) |", "|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['rows']} | " + (f"{r['seconds']} | {r['rows_per_s']} | {r['peak_rss_mib']} |"
-                                             f" {r['peak_anonymous_mib']} |"
-                                             if "peak_rss_mib" in r else f"skipped: {r['skipped']} | | | |"))
-    lines += ["", f"Growth, largest / smallest measured: peak RSS {payload['peak_rss_growth']}, peak anonymous RSS"
-                  f" {payload['peak_anonymous_growth']} (target <= 1.5 for 10x rows). Peak RSS also counts the pages of"
-                  " the memory-mapped Arrow files that were read (page cache); anonymous RSS is what the process holds."]
+        if "ranks" in r:
+            lines.append(f"| {r['rows']} | {r['processes']} | {r['wall_s']} | {r['img_per_s']} | {r['apply_img_per_s']} | "
+                         + ", ".join(str(k["peak_rss_mib"]) for k in r["ranks"]) + " | "
+                         + ", ".join(str(k["peak_anonymous_mib"]) for k in r["ranks"]) + " |")
+        else:
+            lines.append(f"| {r['rows']} | {r.get('processes', '')} | {r.get('wall_s', '')} | "
+                         f"{r.get('cut') or r.get('skipped')} | | | |")
+    for c in comparisons:
+        lines.append(f"\n{c['dataset']}: the {c['processes'][1]}-process release is byte for byte the"
+                     f" {c['processes'][0]}-process one (same key, every file): {c['release_bytes_identical']}.")
+    if payload["peak_rss_growth"] is not None:
+        lines += ["", f"Growth, largest / smallest finished run: peak RSS x{payload['peak_rss_growth']}, peak anonymous"
+                      f" RSS x{payload['peak_anonymous_growth']} (target <= 1.5 for 10x rows). Peak RSS also counts"
+                      " the pages of the memory-mapped Arrow files that were read (page cache); anonymous RSS is what"
+                      " the process holds."]
+    for r in runs:
+        if r.get("per_shard"):
+            lines += ["", f"RSS of rank 0 as each shard finished ({r['rows']} rows, {r['processes']} process(es)"
+                          f"{', CUT: ' + r['cut'] if 'cut' in r else ''}):", "",
+                      "| shards done | seconds | RSS (MiB) | anonymous RSS (MiB) | file-backed RSS (MiB) |"
+                      " peak RSS so far (MiB) |", "|---|---|---|---|---|---|"]
+            lines += [f"| {s['shards_done']} | {s['seconds']} | {s['rss_mib']} | {s['anonymous_mib']} |"
+                      f" {s.get('file_mib', '')} | {s['peak_rss_mib']} |" for s in r["per_shard"]]
     (args.results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ def test_surrogate_settings_are_checked_before_any_work(tmp_path):
         uge_hf.protect(source_splits(), output_dir=tmp_path / "a", **{**LOCK_OPTIONS, "lock": {"poison": "adversarial", "surrogate": "nonet"}})
     with pytest.raises(UgeError, match="adversarial_steps must be an integer >= 1"):
         uge_hf.protect(source_splits(), output_dir=tmp_path / "b", **{**LOCK_OPTIONS, "lock": {"adversarial_steps": 0}})
+    with pytest.raises(UgeError, match="trains a surrogate on the whole split first"):
+        uge_hf.protect(source_splits(), output_dir=tmp_path / "c", shard_rows=16,
+                       **{**LOCK_OPTIONS, "lock": {"poison": "adversarial"}})
     with pytest.raises(UgeError, match="is not model-free"):
         poison("adversarial", bytes(32), torch.zeros(2, dtype=torch.long), 4, (3, 8, 8), 10)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in "abc")

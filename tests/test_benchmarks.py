@@ -140,14 +140,23 @@ def test_targets_are_the_protocols_data():
 
 @pytest.mark.slow
 def test_scale_benchmark_smoke(tmp_path):
-    """benchmarks/scale.py end to end on a tiny synthetic set: one fresh process per size, its time and peak RSS."""
+    """benchmarks/scale.py end to end on tiny synthetic sets, shard by shard, 1 and 2 processes: time, peak RSS per
+    process, RSS per finished shard, and the two releases compared byte for byte."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "24", "--size", "16",
-         "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "24", "--size", "16", "--shard-rows", "8",
+         "--processes", "1", "2", "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")],
         capture_output=True, text=True, timeout=600, env={"UGE_HF_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1",
                                                           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
                                                           "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = json.loads((tmp_path / "results" / "scale_keyed_16px.json").read_text())["runs"]
-    assert run["rows"] == 24 and run["rows_per_s"] > 0 and run["peak_rss_mib"] > run["rss_before_protect_mib"] > 0
+    payload = json.loads((tmp_path / "results" / "scale_keyed_16px_shards8.json").read_text())
+    one, two = payload["runs"]
+    assert (one["rows"], one["processes"], two["processes"]) == (24, 1, 2) and one["img_per_s"] > 0
+    assert [rank["rank"] for rank in two["ranks"]] == [0, 1]
+    assert one["ranks"][0]["peak_rss_mib"] > one["ranks"][0]["rss_before_protect_mib"] > 0
+    shards = [sample["shards_done"] for sample in one["per_shard"]]  # sampled every 0.1 s as shards finish
+    assert shards == sorted(set(shards)) and 1 <= shards[-1] <= 3  # 24 rows / 8 per shard
+    assert payload["comparisons"] == [{"dataset": "24-16", "processes": [1, 2], "release_bytes_identical": True}]
+    assert "scale.py --rows 24" in payload["command"]
+    assert {"rss_mib", "anonymous_mib", "file_mib"} <= set(one["per_shard"][0])

@@ -256,3 +256,23 @@ def test_the_environment_switch_silences_the_python_api(tmp_path, monkeypatch, c
     uge_hf.verify_release(tmp_path / "release")
     captured = capfd.readouterr()
     assert not [mark for mark in BAR_MARKS if mark in captured.out + captured.err], captured
+
+
+def test_protect_streaming_reads_the_folder_as_a_stream_and_writes_the_map_style_bytes(dataset_folder, tmp_path):
+    """--streaming (load_dataset(..., streaming=True)) with the lock method, shard by shard: the release of the
+    same key is byte for byte the map-style one; the paper's method refuses a stream in one line."""
+    flags = ["--method", "lock", "--authorized", "resnet18-w4-seed0", "--shard-rows", "10"]
+    first = runner.invoke(app, ["protect", str(dataset_folder), *flags, "--output", str(tmp_path / "map")])
+    assert first.exit_code == 0, first.output
+    key = str(tmp_path / "map.private" / "key.json")
+    streamed = runner.invoke(app, ["protect", str(dataset_folder), *flags, "--streaming", "--key-file", key,
+                                   "--output", str(tmp_path / "stream")])
+    assert streamed.exit_code == 0, streamed.output
+    files = sorted(p.relative_to(tmp_path / "map") for p in (tmp_path / "map").rglob("*") if p.is_file())
+    assert "data/train-00002-of-00003.parquet" in map(str, files)
+    for path in files:
+        assert (tmp_path / "map" / path).read_bytes() == (tmp_path / "stream" / path).read_bytes(), path
+    refused = runner.invoke(app, ["protect", str(dataset_folder), *TINY_FLAGS, "--streaming", "--output",
+                                  str(tmp_path / "gm")])
+    assert refused.exit_code == 1 and "cannot read a streaming source: pass a map-style Dataset" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1

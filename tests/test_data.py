@@ -306,19 +306,27 @@ def test_to_rgb_modes():
 def test_wrong_python_inputs_name_what_is_accepted():
     import pandas
 
-    accepted = "pass a datasets.Dataset, a DatasetDict, a local dataset folder or a Hub id"
+    accepted = "pass a datasets.Dataset, a DatasetDict, an IterableDataset\\(Dict\\), a local dataset folder or a Hub id"
     for value, hint in ((pandas.DataFrame({"a": [1]}), "Dataset.from_pandas"), ([1, 2], "Dataset.from_list"),
                         (None, ""), (3, ""), ({"x": 1}, "Dataset.from_dict")):
         with pytest.raises(UgeError, match=f"cannot load a dataset from {type(value).__name__}.*{hint}.*{accepted}"):
             load_source(value)
 
 
-def test_streaming_datasets_say_how_to_materialise_them():
+def test_streaming_datasets_load_as_an_iterable_dict_and_mixed_dicts_are_refused():
+    """Streaming sources go to the shard writer (tests/test_sharded.py): load_source keeps them streaming."""
     streaming = rgb_dataset(2).to_iterable_dataset()
-    with pytest.raises(UgeError, match="streaming IterableDataset.*without streaming=True.*Dataset.from_generator"):
-        load_source(streaming)
-    with pytest.raises(UgeError, match="streaming IterableDatasetDict"):
-        load_source(datasets.IterableDatasetDict({"train": streaming}))
+    for value in (streaming, datasets.IterableDatasetDict({"train": streaming}), {"train": streaming}):
+        loaded = load_source(value)
+        assert isinstance(loaded, datasets.IterableDatasetDict) and list(loaded) == ["train"]
+    with pytest.raises(UgeError, match="a dict must hold one kind of split"):
+        load_source({"train": streaming, "test": rgb_dataset(2)})
+    from uge_hf.data import load_map_style  # the readers that index rows (verify, evaluate) still refuse one
+
+    with pytest.raises(UgeError, match="streaming IterableDataset cannot be compared.*without streaming=True"):
+        load_map_style(streaming)
+    with pytest.raises(UgeError, match="streaming applies to a folder or Hub id"):
+        load_source(rgb_dataset(2), streaming=True)
 
 
 def test_a_dict_of_datasets_is_a_datasetdict_and_no_splits_is_an_error():

@@ -185,6 +185,9 @@ def protect(
     dataset: Annotated[str, typer.Argument(help="Local dataset folder or Hub id (e.g. cifar10)")],
     output: Annotated[Optional[Path], _release_panel("Release folder (default: ./NAME-uge)")] = None,
     overwrite: Annotated[bool, _release_panel("Replace a non-empty output folder")] = False,
+    streaming: Annotated[bool, _release_panel("Read DATASET as a stream (load_dataset(..., streaming=True)), shard by"
+                                              " shard: needs --shard-rows and --method keyed or lock; rows are checked"
+                                              " as they are read; same bytes as without")] = False,
     config: Annotated[Optional[Path], _release_panel("A ProtectConfig JSON (e.g. a release's uge_config.json)")] = None,
     set_: Annotated[Optional[list[str]], _release_panel("Any config field as KEY=VALUE (JSON values): --set lambda_fd=2"
                                                         " --set recipe.lr=0.1", "--set")] = None,
@@ -223,7 +226,8 @@ def protect(
         values[name] = {**values[name], **value} if isinstance(values.get(name), dict) and isinstance(value, dict) else value
     _set_options(values, protect.config_options, fields)
     output = output or Path(f"{Path(dataset).name}-uge")
-    result = run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite)
+    result = run_protect(dataset, output_dir=output, config=ProtectConfig.from_dict(values), overwrite=overwrite,
+                         streaming=streaming)
     if result is not None:  # the main process (the others of a multi-process run get None)
         _print_summary(result)
         if push is not None:  # Hub release (#4)

@@ -206,10 +206,10 @@ class ProtectConfig:
                                     " (reproduction studies). Off: they come from a secret init seed and go to"
                                     " OUTPUT.private/ (the card holds their sha256); keyed: always private")
     num_shards: int | None = knob(None, "parquet shards per split; None: about 500 MB of images per shard")
-    shard_rows: int | None = knob(None, "keyed: protect and write the release shard by shard, this many rows per parquet"
-                                  " shard (memory: one shard; a killed run resumes per shard; torchrun / accelerate"
-                                  " launch ranks share the shards, same bytes as one process); None: each split whole"
-                                  " in memory")
+    shard_rows: int | None = knob(None, "keyed, lock: protect and write the release shard by shard, this many rows per"
+                                  " parquet shard (memory: one shard; a killed run resumes per shard; torchrun /"
+                                  " accelerate launch ranks share the shards, same bytes as one process); needed for a"
+                                  " streaming source (IterableDataset). None: each split whole in memory")
 
     def __post_init__(self) -> None:
         self.recipe = _nested(Recipe, self.recipe, "recipe")
@@ -261,9 +261,12 @@ class ProtectConfig:
         if self.shard_rows is not None:
             if self.shard_rows < 1:
                 raise UgeError(f"shard_rows must be >= 1, got {self.shard_rows}")
-            if self.method != "keyed":
-                raise UgeError(f"shard_rows (the shard-by-shard writer) applies to the keyed method, not {self.method}"
-                               " (the lock method's is planned: docs/streaming-plan.md)")
+            if self.method not in ("keyed", "lock"):
+                raise UgeError(f"shard_rows (the shard-by-shard writer) applies to the per-row methods keyed and lock,"
+                               f" not {self.method}, which trains on the whole split first")
+            if self.method == "lock" and self.lock.poison in SURROGATE_POISONS:
+                raise UgeError(f"the {self.lock.poison} poison trains a surrogate on the whole split first: drop"
+                               " shard_rows (and streaming), or choose a model-free lock.poison")
             if self.num_shards is not None:
                 raise UgeError("give shard_rows or num_shards, not both: shard_rows fixes the shard layout by rows")
         if self.per_sample_steps < 1:

@@ -50,33 +50,41 @@ class ClassificationTensors:
 
 
 def load_source(
-    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset],
-) -> datasets.DatasetDict:
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict | dict[str, datasets.Dataset]
+    | datasets.IterableDataset | datasets.IterableDatasetDict,
+    streaming: bool = False,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Return ``source`` as a DatasetDict: a dataset object, a dict of them, a local folder or a Hub id.
 
-    A ``Dataset`` becomes the split "train". Anything else (a streaming ``IterableDataset``, a pandas DataFrame,
-    a list, None, ...) is a UgeError naming what is accepted, as is a folder or Hub id that does not load.
+    A ``Dataset`` becomes the split "train". A streaming ``IterableDataset`` (split "train"), ``IterableDatasetDict``
+    or dict of them is returned as an ``IterableDatasetDict`` (only the shard writer reads those). Anything else (a
+    pandas DataFrame, a list, None, a dict mixing both kinds, ...) is a UgeError naming what is accepted, as is a
+    folder or Hub id that does not load. `streaming`: load a folder or Hub id with ``load_dataset(...,
+    streaming=True)`` (an ``IterableDatasetDict``); with a dataset object it is a UgeError (pass an
+    ``IterableDataset`` itself).
     """
-    if isinstance(source, (datasets.DatasetDict, dict)) and not source:
+    if streaming and not isinstance(source, (str, os.PathLike)):
+        raise UgeError(f"streaming applies to a folder or Hub id; pass the {type(source).__name__} as an IterableDataset"
+                       " instead (e.g. ds.to_iterable_dataset())")
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict, dict)) and not source:
         raise UgeError("the DatasetDict has no splits: there is nothing to protect")
-    if isinstance(source, datasets.DatasetDict):
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return source
     if isinstance(source, datasets.Dataset):
         return datasets.DatasetDict({"train": source})
+    if isinstance(source, datasets.IterableDataset):
+        return datasets.IterableDatasetDict({"train": source})
     if isinstance(source, dict) and all(isinstance(v, datasets.Dataset) for v in source.values()):
         return datasets.DatasetDict(source)
-    if isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise UgeError(
-            f"a streaming {type(source).__name__} cannot be protected (every image is read several times):"
-            " materialise it first, e.g. load it without streaming=True or build it with Dataset.from_generator"
-        )
+    if isinstance(source, dict) and all(isinstance(v, datasets.IterableDataset) for v in source.values()):
+        return datasets.IterableDatasetDict(source)
     if not isinstance(source, (str, os.PathLike)):
         maker = {"pandas": "from_pandas", "polars": "from_polars", "list": "from_list", "dict": "from_dict"}
         kind = type(source).__module__.split(".")[0] if type(source).__module__ != "builtins" else type(source).__name__
         hint = f" (make one with datasets.Dataset.{maker[kind]})" if kind in maker else ""
         raise UgeError(
             f"cannot load a dataset from {type(source).__name__}{hint}: pass a datasets.Dataset, a DatasetDict,"
-            " a local dataset folder or a Hub id"
+            " an IterableDataset(Dict), a local dataset folder or a Hub id (a dict must hold one kind of split)"
         )
 
     path = os.path.expanduser(os.fspath(source))
@@ -86,7 +94,7 @@ def load_source(
     if os.path.isfile(path):
         raise UgeError(f"{path} is a file: pass the dataset folder that holds it (load_dataset reads folders)")
     try:
-        loaded = datasets.load_dataset(path)
+        loaded = datasets.load_dataset(path, streaming=streaming)
     except datasets.exceptions.DatasetNotFoundError as e:
         raise UgeError(
             f"dataset '{path}' is neither a local folder nor a dataset on the Hugging Face Hub ({e}); check the name"
@@ -99,8 +107,20 @@ def load_source(
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
         where = "local dataset" if is_local else "Hub dataset"
         raise UgeError(f"could not load the {where} '{path}': {e}") from e
-    if not isinstance(loaded, datasets.DatasetDict):
+    if not isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise UgeError(f"'{path}' did not load as a dataset with splits (got {type(loaded).__name__})")
+    return loaded
+
+
+def load_map_style(source) -> datasets.DatasetDict:
+    """`load_source` for the readers that index rows (verify's comparison, evaluation): a streaming source is a
+    UgeError saying how to materialise it."""
+    loaded = load_source(source)
+    if isinstance(loaded, datasets.IterableDatasetDict):
+        raise UgeError(
+            f"a streaming {type(source).__name__} cannot be compared or evaluated row by row: materialise it first,"
+            " e.g. load it without streaming=True or build it with Dataset.from_generator"
+        )
     return loaded
 
 
@@ -110,7 +130,7 @@ def source_label(source: str | os.PathLike | datasets.Dataset | datasets.Dataset
     if isinstance(source, (str, os.PathLike)):
         path = os.path.expanduser(os.fspath(source))
         return os.path.basename(os.path.abspath(path)) if os.path.exists(path) else path
-    first = source if isinstance(source, datasets.Dataset) else next(iter(source.values()), None)
+    first = source if isinstance(source, (datasets.Dataset, datasets.IterableDataset)) else next(iter(source.values()), None)
     return getattr(getattr(first, "info", None), "dataset_name", None) or "dataset"
 
 

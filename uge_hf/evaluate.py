@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .card import AuthorizedEntry
 from .attacks import grayscale, jpeg, linear_projection_stage
 from .config import Recipe
-from .data import TEST_SPLITS, ClassificationTensors, load_source, to_tensors
+from .data import TEST_SPLITS, ClassificationTensors, load_map_style, to_tensors
 from .errors import UgeError
 from .files import atomic_write, weights_tensors
 from .authorized import KeyedNetwork, build_authorized, read_weights, weight_problems
@@ -154,7 +154,7 @@ def load_evaluation_data(release_dir: str | Path, clean_source, config: Evaluate
     size = card.image_size
     names = card.class_names
     released = load_release(release_dir, [split])[split]
-    clean_splits = load_source(clean_source)
+    clean_splits = load_map_style(clean_source)
     if split not in clean_splits:
         raise UgeError(f"the clean dataset has no split {split!r} (the release protects it)")
     test_name = next((name for name in TEST_SPLITS if name in clean_splits), None)

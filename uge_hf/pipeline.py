@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Image
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 from torch import Tensor
 
 from .version import __version__
@@ -30,7 +30,7 @@ from .private import private_dir_for, write_private
 from .progress import is_main_process, library_bars
 from .release import check_output_dir, write_release
 from .inputs import INPUT_MEAN, INPUT_STD
-from .validate import validate_splits
+from .validate import validate_splits, validate_stream
 
 
 @library_bars()
@@ -41,6 +41,7 @@ def protect(
     *,
     config: ProtectConfig | None = None,
     overwrite: bool = False,
+    streaming: bool = False,
     **options,
 ) -> ProtectResult | None:
     """Protect `dataset` so that only the `authorized` network(s) learn well from it.
@@ -54,10 +55,16 @@ def protect(
         config: a full `ProtectConfig` (used as it is: validated when it was made); `authorized` and `options` (any
             of its fields) override it, and the result is validated again.
         overwrite: replace a non-empty `output_dir` (and its private folder).
+        streaming: read a folder or Hub id `dataset` as a streaming `IterableDatasetDict` (`load_dataset(...,
+            streaming=True)`); an `IterableDataset(Dict)` passed as `dataset` is streaming already. A streaming source
+            needs `shard_rows` and a per-row method (keyed, lock): rows are read in order, `shard_rows` at a time,
+            checked per shard (a bad row is a UgeError naming it, nothing written), and the release is byte for byte
+            the one of the same rows loaded map-style.
 
     Returns:
         A `ProtectResult`: the protected `DatasetDict`, the card's `uge:` block (`UgeBlock`, as written), and the
-        release and private folders (None where none was written). Other processes of a multi-process run get None.
+        release and private folders (None where none was written). For a streaming source the splits are an
+        `IterableDatasetDict` read from the release's shards. Other processes of a multi-process run get None.
         (Before 0.2 this returned the `DatasetDict` alone: `result["train"]` still works, with a DeprecationWarning;
         use `result.dataset["train"]`.)
     """
@@ -78,16 +85,27 @@ def protect(
                        " publish_authorized=True to make them public")
     output = check_output_dir(output_dir, overwrite) if output_dir is not None else None
     private = check_output_dir(private_dir_for(output), overwrite) if output is not None else None
-    splits = load_source(dataset)
+    splits = load_source(dataset, streaming=streaming)
     source = source_metadata(dataset, splits)
     missing = [split for split in config.splits if split not in splits]
     if missing:
         raise UgeError(f"no split named {', '.join(missing)} in the dataset; it has {', '.join(splits)}")
 
     fit_split = splits[config.splits[0]]
+    streaming = isinstance(splits, IterableDatasetDict)
+    if streaming:
+        _check_streaming(config, fit_split)
     image_column, label_column = resolve_columns(fit_split, config.image_column, config.label_column)
-    class_names, image_size = validate_splits(splits, config, image_column, label_column)
-    if config.shard_rows is not None:  # the keyed method, shard by shard: no split is held in memory
+    if config.method == "lock":  # the release adds this column: say so now, not after locking every row
+        from .methods.lock import check_no_unlock_column
+
+        for name in config.splits:
+            check_no_unlock_column(list(splits[name].features), name)
+    if streaming:  # rows are unknown up front: labels and images are checked shard by shard as they are read
+        class_names, image_size = validate_stream(splits, config, image_column, label_column)
+    else:
+        class_names, image_size = validate_splits(splits, config, image_column, label_column)
+    if config.shard_rows is not None:  # a per-row method, shard by shard: no split is held in memory
         from .sharded import protect_sharded
 
         done = protect_sharded(splits, config, image_column, label_column, class_names, image_size, output, private,
@@ -121,11 +139,27 @@ def protect(
     return outcome
 
 
+def _check_streaming(config: ProtectConfig, fit: IterableDataset) -> None:
+    """A streaming source goes through the shard writer of a per-row method, or not at all: one-line UgeErrors."""
+    if config.method not in ("keyed", "lock"):
+        raise UgeError(f"the {config.method} method trains on the whole split before protecting a row, so it cannot"
+                       " read a streaming source: pass a map-style Dataset (load without streaming=True, or a sample:"
+                       " Dataset.from_list(list(ds.take(N)))), or use --method keyed / lock")
+    if config.shard_rows is None:
+        raise UgeError("a streaming source is protected shard by shard: pass shard_rows=N (rows per parquet shard,"
+                       " e.g. 1000)")
+    if fit.features is None:
+        raise UgeError("the streaming split's features are unknown (datasets could not infer them): give them, e.g."
+                       " load_dataset(..., streaming=True, features=...) or ds.cast(features)")
+
+
 @dataclass(frozen=True)
 class ProtectResult:
     """What `protect()` made: the protected splits, the card's block, and where they were written."""
 
-    dataset: DatasetDict  # the released splits: protected ones with their new images, the others as configured
+    # the released splits: protected ones with their new images, the others as configured (an IterableDatasetDict
+    # read from the release's shards when the source was streaming)
+    dataset: DatasetDict | IterableDatasetDict
     card: UgeBlock  # the `uge:` block (written to release_dir/README.md when there is a release folder)
     release_dir: Path | None  # the release folder (absolute); None when protect() was given no output_dir
     private_dir: Path | None  # OUTPUT.private/ (key, authorized weights); None when the method wrote nothing private

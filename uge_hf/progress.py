@@ -60,8 +60,9 @@ def quiet_libraries() -> Iterator[None]:
 
 
 @contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """Yield `advance(**metrics)`: one step forward, with the latest metrics shown beside the bar."""
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """Yield `advance(**metrics)`: one step forward, with the latest metrics shown beside the bar (`total` None: steps
+    counted, no end known)."""
     if not progress_enabled():
         yield lambda **metrics: None
         return

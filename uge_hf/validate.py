@@ -63,6 +63,62 @@ def validate_splits(
     return class_names, size
 
 
+def validate_stream(
+    splits: datasets.IterableDatasetDict, config: ProtectConfig, image_column: str, label_column: str
+) -> tuple[list[str], tuple[int, int]]:
+    """What can be checked of streaming splits before any row is protected; the class names and the resolution.
+
+    A streaming split's rows are not known up front, so its labels and images are checked shard by shard as they are
+    read (`check_shard`, before the shard is protected). Here: every written split has the fit split's features, the
+    label column is a ClassLabel (the class names must be known before the first shard), and the resolution is
+    ``config.image_size``, else the most common size among the first ``shard_rows`` rows of the first protected
+    split (pass ``image_size`` to fix it whatever those rows are).
+
+    Raises:
+        UgeError: the first problem found.
+    """
+    fit_name = config.splits[0]
+    fit = splits[fit_name]
+    feature = fit.features[label_column]
+    if not isinstance(feature, datasets.ClassLabel):
+        raise UgeError(
+            f"the streaming split '{fit_name}' has labels of {feature}, not a ClassLabel: its class names must be known"
+            f" before the first shard; cast it first, e.g. ds.cast_column('{label_column}', ClassLabel(names=[...]))"
+        )
+    for name in splits:
+        if name in config.splits or config.keep_other_splits:
+            _check_schema(name, splits[name], fit_name, fit)
+    if config.image_size:
+        size = (config.image_size, config.image_size)
+    else:
+        head = datasets.Dataset.from_list(list(fit.cast_column(image_column, datasets.Image(decode=False))
+                                               .select_columns([image_column]).take(config.shard_rows)))
+        if not head.num_rows:
+            raise UgeError(f"split '{fit_name}' is empty: there is nothing to protect")
+        size = infer_image_size(head.cast_column(image_column, datasets.Image(decode=False)), image_column)
+    if min(size) < MIN_SIDE:
+        raise UgeError(
+            f"the images of split '{fit_name}' are {size[0]}x{size[1]} px: the networks need at least {MIN_SIDE} px"
+            f" per side; pass --image-size {MIN_SIDE} (or more) to upsample them"
+        )
+    need, have = config.shard_rows * 3 * size[0] * size[1] * BYTES_PER_PIXEL, physical_memory()
+    if have is not None and need > have:
+        raise UgeError(f"a shard of {config.shard_rows} images at {size[0]}x{size[1]} px needs about {_gib(need)} of"
+                       f" memory, more than this machine's {_gib(have)}: pass a smaller shard_rows")
+    return list(feature.names), size
+
+
+def check_shard(name: str, part: datasets.Dataset, first_row: int, image_column: str, label_column: str,
+                class_names: list[str], fit_name: str, protected: bool) -> None:
+    """The checks `validate_splits` makes of a whole split, on one shard of a streaming split (rows `first_row`...):
+    every label a class of split `fit_name` (missing only in a copied split), every image decodable. UgeError naming
+    split and row; a protected split with no rows is a UgeError too."""
+    if protected and first_row == 0 and part.num_rows == 0:
+        raise UgeError(f"split '{name}' is empty: there is nothing to protect")
+    _check_labels(name, part, label_column, class_names, fit_name, protected, first_row)
+    _check_images(name, part, image_column, first_row)
+
+
 def _check_schema(name: str, split: datasets.Dataset, fit_name: str, fit: datasets.Dataset) -> None:
     """A release is one dataset config: every split has the fit split's columns and types (images may differ
     in the Image feature's decoding options, which the writer unifies)."""
@@ -78,12 +134,13 @@ def _check_schema(name: str, split: datasets.Dataset, fit_name: str, fit: datase
 
 
 def _check_labels(name: str, split: datasets.Dataset, column: str, class_names: list[str], fit_name: str,
-                  protected: bool) -> None:
-    """Every label names a class of the fit split; a missing one is allowed only in a split that is copied."""
+                  protected: bool, first_row: int = 0) -> None:
+    """Every label names a class of the fit split; a missing one is allowed only in a split that is copied.
+    `first_row`: the row index of `split`'s first row in its whole split (a shard), for the messages."""
     feature = split.features[column]
     encode = _encoder(class_names, feature, column)
     missing = -1 if isinstance(feature, datasets.ClassLabel) else None
-    for row, value in enumerate(split.with_format("arrow")[column].to_pylist()):
+    for row, value in enumerate(split.with_format("arrow")[column].to_pylist(), start=first_row):
         where = f"split '{name}', row {row}, column '{column}'"
         if value is None or value == missing:
             if protected:
@@ -101,9 +158,10 @@ def _check_labels(name: str, split: datasets.Dataset, column: str, class_names: 
             ) from None
 
 
-def _check_images(name: str, split: datasets.Dataset, column: str) -> None:
-    """Every image decodes and converts to RGB as `to_tensors` will do it."""
+def _check_images(name: str, split: datasets.Dataset, column: str, first_row: int = 0) -> None:
+    """Every image decodes and converts to RGB as `to_tensors` will do it (rows named from `first_row`)."""
     for row, value in _raw_images(split, column):
+        row += first_row
         try:
             decode_image(value)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:

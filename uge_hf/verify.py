@@ -93,9 +93,9 @@ def _check_unlock(folder: Path, uge: UgeBlock, key: str | os.PathLike, original:
     checks = []
     source = None
     if original is not None:
-        from .data import load_source, to_tensors
+        from .data import load_map_style, to_tensors
 
-        source = load_source(original)
+        source = load_map_style(original)
     for split in uge.protected_splits:
         rows = unlocked[split].num_rows
         if source is None:
@@ -344,10 +344,10 @@ def _label_names(values: list, feature) -> list[str]:
 
 def _check_against_original(original: Any, uge: UgeBlock, files: dict[str, list[Path]], pixels: dict) -> list[Check]:
     """Protected pixels within the bound of the source prepared as `protect` prepared it; labels row by row."""
-    from .data import load_source, resolve_columns, to_tensors
+    from .data import load_map_style, resolve_columns, to_tensors
 
     try:
-        source = load_source(original)
+        source = load_map_style(original)
     except UgeError as e:
         return [Check("original", False, f"cannot load the original dataset: {e}")]
     image_column, label_column = uge.image_column, uge.label_column

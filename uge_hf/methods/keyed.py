@@ -124,3 +124,59 @@ def key_outputs(config: ProtectConfig, key: SecretKey, stage, image_size: tuple[
             "image_size": list(image_size), "recipe": vars(config.recipe),
         })
     return authorized, private_files
+
+
+class KeyedRows:
+    """The keyed method row by row, for the shard writer (`uge_hf.sharded`): each row's output is a function of the
+    key and its row index only, so shards, chunks and processes give the bytes of the in-memory writer."""
+
+    columns: dict = {}  # columns the method adds to a protected split: none
+    needs_longest = False  # no pass over every row before the first shard is written
+
+    @staticmethod
+    def draw_key(config: ProtectConfig, num_classes: int, image_size: tuple[int, int]) -> bytes:
+        """The run's key file (`key.json` bytes): `config.key_file`'s key, or a new one; UgeError when it does not fit."""
+        return key_json(run_key(config, num_classes, image_size))
+
+    @staticmethod
+    def load_key(path, num_classes: int) -> SecretKey:
+        return load_secret_key(path, num_classes)
+
+    def __init__(self, config: ProtectConfig, key: SecretKey, image_size: tuple[int, int], **_):
+        self.config, self.key, self.image_size, self.stage = config, key, image_size, key.stage()
+
+    def protect(self, images: torch.Tensor, labels: torch.Tensor, first_row: int, split: str
+                ) -> tuple[torch.Tensor, dict[str, list], dict]:
+        """Rows first_row .. first_row + N - 1 of `split` (uint8 (N, 3, H, W), int64 (N,)): protected images, no added
+        column, and their statistics (summed over shards by `merge`)."""
+        settings = self.config.keyed
+        out = protect_keyed(images, labels, self.key, self.config.pixel_bound, first_row=first_row, signs=settings.signs,
+                            amplitude=settings.amplitude, pull=settings.pull, stage=self.stage)
+        return out.images, {}, {
+            "rows": len(images), "invariance_max_levels": float(out.invariance_levels.max()),
+            "images_over_tolerance": int((out.invariance_levels > INVARIANCE_TOLERANCE_LEVELS).sum()),
+            "amplitude_sum": out.mean_amplitude * len(out.images)}
+
+    @staticmethod
+    def merge(stats: list[dict]) -> dict:
+        return {"rows": sum(s["rows"] for s in stats),
+                "invariance_max_levels": max(s["invariance_max_levels"] for s in stats),
+                "images_over_tolerance": sum(s["images_over_tolerance"] for s in stats),
+                "amplitude_sum": sum(s["amplitude_sum"] for s in stats)}
+
+    def finish(self, stats: dict) -> tuple[dict, dict, list[AuthorizedEntry], dict[str, bytes]]:
+        """From the merged statistics of every protected row: the card's `key:` block, its measurements, the
+        authorized entries and the private files. UgeError when a row failed the invariance check (a bug)."""
+        if stats["images_over_tolerance"]:
+            raise UgeError(f"{stats['images_over_tolerance']} protected images fail the invariance check"
+                           " K(x_u) = K(T(x)) (a bug: please report it)")
+        results = {
+            "invariance": {"max_levels": stats["invariance_max_levels"], "tolerance_levels": INVARIANCE_TOLERANCE_LEVELS,
+                           "images_checked": stats["rows"], "images_over_tolerance": 0},
+            "mean_signal_levels": round(stats["amplitude_sum"] / stats["rows"], 3),
+        }
+        authorized, private_files = key_outputs(self.config, self.key, self.stage, self.image_size)
+        return key_block(self.config, self.key, self.image_size), results, authorized, private_files
+
+
+ROWS = KeyedRows  # what the shard writer (uge_hf.sharded) protects rows with
