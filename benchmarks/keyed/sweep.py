@@ -99,14 +99,16 @@ def main() -> None:
     write_table()
 
 
-def cached_train(cache: Path, model, label, images, labels, recipe, stage):
-    """train_classifier, cached by everything that determines the result (init, data, recipe, key stage)."""
+def cached_train(cache: Path, model, label, images, labels, recipe, stage, teacher=None):
+    """train_classifier, cached by everything that determines the result (init, data, recipe, key stage; with a
+    `teacher`, the Distill attack's KL to it, keyed by its weights too)."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256()
-    tensors = [*model.state_dict().values(), images, labels, *(stage.state_dict().values() if stage is not None else [])]
+    key = hashlib.sha256(b"distill" if teacher is not None else b"")
+    tensors = [*model.state_dict().values(), images, labels, *(stage.state_dict().values() if stage is not None else []),
+               *(teacher.state_dict().values() if teacher is not None else [])]
     for tensor in tensors:
         key.update(tensor.detach().contiguous().numpy().tobytes())
     key.update(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
@@ -114,7 +116,7 @@ def cached_train(cache: Path, model, label, images, labels, recipe, stage):
     if path.exists():
         model.load_state_dict(load_file(str(path)))
         return model
-    train_classifier(model, images, labels, recipe, description=label, input_stage=stage)
+    train_classifier(model, images, labels, recipe, description=label, input_stage=stage, teacher=teacher)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 

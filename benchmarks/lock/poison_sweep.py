@@ -31,7 +31,7 @@ from uge_hf.attacks import grayscale, jpeg, linear_projection_stage  # noqa: E40
 from uge_hf.config import Recipe  # noqa: E402
 from uge_hf.poisons import apply_poison, poison  # noqa: E402
 from uge_hf.specs import build_model  # noqa: E402
-from uge_hf.training import accuracy, train_classifier  # noqa: E402
+from uge_hf.training import accuracy  # noqa: E402
 
 RESULTS = HERE.parent / "results"
 SWEEP_KEY = bytes(range(32))  # a fixed, public key: this sweep measures designs, not secrecy
@@ -85,7 +85,8 @@ def main() -> None:
             if attack == "distill":
                 teacher = cached_train(cache, build_model(TEACHER, 10), f"clean {TEACHER}", train.images, train.labels,
                                        recipe, None)
-                model = cached_distill(cache, build_model(spec, 10), f"{name} {column}", data, train.labels, recipe, teacher)
+                model = cached_train(cache, build_model(spec, 10), f"{name} {column}", data, train.labels, recipe, None,
+                                     teacher)
                 # how often the key holder's network still names the true class of a poisoned row (what Distill copies)
                 record["teacher accuracy on poisoned rows"] = round(100 * accuracy(teacher, data, train.labels), 1)
             else:
@@ -95,26 +96,6 @@ def main() -> None:
         with open(RESULTS / "lock_sweep.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     write_table()
-
-
-def cached_distill(cache: Path, model, label, images, labels, recipe, teacher):
-    """train_classifier with a teacher (KL, the Distill attack), cached by init, data, recipe and teacher weights."""
-    import dataclasses
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
-
-    key = hashlib.sha256(b"distill")
-    for tensor in [*model.state_dict().values(), images, labels, *teacher.state_dict().values()]:
-        key.update(tensor.detach().contiguous().numpy().tobytes())
-    key.update(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
-    path = cache / f"{key.hexdigest()[:24]}.safetensors"
-    if path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model
-    train_classifier(model, images, labels, recipe, description=label, teacher=teacher)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return model
 
 
 def write_table() -> None:
