@@ -79,17 +79,22 @@ def test_a_killed_run_resumes_at_the_shard_it_stopped_and_matches(reference, tmp
     assert release_bytes(tmp_path / "out") == release_bytes(reference)
 
 
-def run_two_ranks(tmp_path: Path, call: str) -> None:
-    """`call` (a protect() call in a script that imported uge_hf and tests.test_sharded's names) in two processes
-    with RANK / WORLD_SIZE as torchrun and accelerate launch export them; rank 0 returns the result, rank 1 None."""
+def two_ranks(tmp_path: Path, statements: str, timeout: int) -> tuple[list[int], list[tuple[str, str]]]:
+    """`statements` (in a script that imported uge_hf and tests.test_sharded's names) in two processes with RANK /
+    WORLD_SIZE as torchrun and accelerate launch export them: each rank's return code and (stdout, stderr)."""
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "import uge_hf\nfrom tests.test_sharded import *\n"
-              f"out = {call}\nprint(type(out).__name__)\n")
+              f"import uge_hf\nfrom tests.test_sharded import *\n{statements}\n")
     env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "UGE_HF_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     ranks = [subprocess.Popen([sys.executable, "-c", script], env={**env, "RANK": str(rank)}, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    outputs = [rank.communicate(timeout=300) for rank in ranks]
-    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    outputs = [rank.communicate(timeout=timeout) for rank in ranks]
+    return [rank.returncode for rank in ranks], outputs
+
+
+def run_two_ranks(tmp_path: Path, call: str) -> None:
+    """`call` (a protect() call) in two ranks; rank 0 returns the result, rank 1 None."""
+    codes, outputs = two_ranks(tmp_path, f"out = {call}\nprint(type(out).__name__)", timeout=300)
+    assert codes == [0, 0], [err[-2000:] for _, err in outputs]
     assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["ProtectResult", "NoneType"]
 
 
@@ -249,14 +254,10 @@ def test_a_bad_row_of_a_streaming_source_is_named_and_nothing_is_written(tmp_pat
 @pytest.mark.slow
 def test_a_rank_that_stops_on_a_bad_row_stops_rank_0_at_once_with_its_message(tmp_path):
     """Row 21 is in the second shard, rank 1's: rank 0 does not wait STALL_SECONDS for it but reports rank 1's error."""
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "import uge_hf\nfrom tests.test_sharded import *\n"
-              f"uge_hf.protect(broken_stream(), output_dir={str(tmp_path / 'out')!r}, shard_rows=16, **KEYED_OPTIONS)\n")
-    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "UGE_HF_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
-    ranks = [subprocess.Popen([sys.executable, "-c", script], env={**env, "RANK": str(rank)}, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    errors = [rank.communicate(timeout=120)[1] for rank in ranks]
-    assert [rank.returncode for rank in ranks] == [1, 1]
+    codes, outputs = two_ranks(tmp_path, f"uge_hf.protect(broken_stream(), output_dir={str(tmp_path / 'out')!r},"
+                                         " shard_rows=16, **KEYED_OPTIONS)", timeout=120)
+    errors = [err for _, err in outputs]
+    assert codes == [1, 1]
     assert "rank1 stopped: split 'train', row 21, column 'picture': could not decode the image" in errors[0]
     assert not (tmp_path / "out").exists()
 
